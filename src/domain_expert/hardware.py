@@ -1,0 +1,60 @@
+"""Pick device and dtype by what the machine can do; users can always override in the config."""
+
+from __future__ import annotations
+
+import functools
+import platform
+from pathlib import Path
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU runs bf16 matrix products natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated and
+    can be slower than fp32, so we only choose it where it pays (~4x fp32 on an AVX512-BF16 EPYC, GUIDE §3)."""
+    if platform.machine().lower() in ("arm64", "aarch64"):
+        flags = _cpu_flags()
+        return "bf16" in flags or "sve_bf16" in flags
+    flags = _cpu_flags()
+    return bool({"avx512_bf16", "amx_bf16"} & flags)
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def resolve_device(requested: str = "auto") -> str:
+    import torch
+
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def resolve_dtype(requested: str, device: str):
+    import torch
+
+    table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    if requested != "auto":
+        return table[requested]
+    if device == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device == "cpu":
+        return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    return torch.float32
+
+
+def dtype_name(dtype) -> str:
+    import torch
+
+    return {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[dtype]
