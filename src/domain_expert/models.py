@@ -141,10 +141,12 @@ def load_tokenizer(path: str):
     return tok
 
 
-def load_causal_lm(path: str, *, dtype, device: str = "cpu", quantization: str = "none"):
+def load_causal_lm(path: str, *, dtype, device: str = "cpu", quantization: str = "none", attn: str = "auto"):
     from transformers import AutoModelForCausalLM
 
     kwargs: dict = {"dtype": dtype}
+    if attn != "auto":
+        kwargs["attn_implementation"] = attn
     if quantization == "4bit":
         from transformers import BitsAndBytesConfig
 

@@ -34,6 +34,19 @@ class PromptFormat:
             return prefix + PLAIN_TEMPLATE.format(prompt=prompt)
         raise ConfigError(f"unknown prompt style '{self.style}'", where="prompt.style", fix="use chat or plain")
 
+    def render_messages(self, tokenizer, messages: list[dict]) -> str:
+        """Multi-turn form of render_prompt, for chat sessions: messages alternate user/assistant, last is user."""
+        if self.style == "chat":
+            head = [{"role": "system", "content": self.system}] if self.system else []
+            return tokenizer.apply_chat_template(head + messages, tokenize=False, add_generation_prompt=True)
+        text = (self.system + "\n\n") if self.system else ""
+        for m in messages:
+            if m["role"] == "user":
+                text += PLAIN_TEMPLATE.format(prompt=m["content"])
+            else:
+                text += m["content"] + "\n\n"
+        return text
+
     def encode_example(self, tokenizer, prompt: str, completion: str, max_len: int) -> tuple[list[int], int, bool]:
         """Token ids of prompt+completion+EOS and the index where the answer starts (loss is on the answer only).
 

@@ -125,7 +125,7 @@ def _in_sentence(name: str) -> str:
     return name[:1].lower() + name[1:] if name[1:2].islower() else name
 
 
-def term_records(term: Term, source: str, *, include_comment: bool, reverse: bool) -> list[Record]:
+def term_records(term: Term, source: str, *, include_comment: bool, tasks: list[str]) -> list[Record]:
     d = term.definition or ""
     name = _in_sentence(term.name)
     surfaces = sorted({_norm(term.name), *(_norm(s) for s in term.synonyms + term.layperson)})
@@ -154,7 +154,8 @@ def term_records(term: Term, source: str, *, include_comment: bool, reverse: boo
             Record(f"{term.id}:lay{i}", term.id, source, "layperson",
                    f"What is the medical term for \"{lay.lower()}\"?", term.name, meta=meta)
         )
-    if reverse:
+    recs = [r for r in recs if r.task in tasks]
+    if "reverse" in tasks:
         recs.append(
             Record(f"{term.id}:reverse", term.id, source, "reverse",
                    f"Which medical term is defined as: {d}", term.name, meta=meta)
@@ -187,7 +188,7 @@ def load_medical_terms(cfg, seed: int) -> SourceResult:
         raise DataError("no defined HPO terms in this scope", where="data.sources.medical-terms.branch")
     records = [
         r for t in chosen for r in term_records(t, "medical-terms", include_comment=cfg.include_comment,
-                                                reverse=cfg.reverse_questions)
+                                                tasks=cfg.tasks)
     ]
     from domain_expert.fsutil import sha256_file
 

@@ -1,0 +1,150 @@
+"""Command line: parses and dispatches, one verb per stage. Heavy imports live inside the stages so --help is fast.
+
+Library code raises DomainExpertError; only here does it become one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from domain_expert import __version__
+from domain_expert.errors import DomainExpertError
+
+CONFIG_HELP = "a YAML config or a shipped config name (default: medical-terms), then key=value overrides"
+
+
+def _split_config(items: list[str]) -> tuple[str | None, list[str]]:
+    config, overrides = None, []
+    for it in items:
+        if "=" in it:
+            overrides.append(it)
+        elif config is None:
+            config = it
+        else:
+            raise DomainExpertError(f"unexpected argument '{it}'", where="command line",
+                                    fix="give one config, then key=value overrides")
+    return config, overrides
+
+
+def _load(args) -> object:
+    from domain_expert.config import load_config
+
+    config, overrides = _split_config(args.config)
+    return load_config(config or "medical-terms", overrides)
+
+
+def cmd_prepare(args) -> int:
+    from domain_expert.data import prepare
+
+    cfg = _load(args)
+    out = prepare.run(cfg, args.out or cfg.run_dir / "data", overwrite=args.overwrite)
+    print(f"[domain-expert] prepared data in {out}")
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    from domain_expert import finetune
+
+    cfg = _load(args)
+    finetune.run(cfg, args.data or cfg.run_dir / "data", args.out or cfg.run_dir / "finetune",
+                 overwrite=args.overwrite)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from domain_expert import export
+
+    export.run(args.run, args.out, dtype=args.dtype, overwrite=args.overwrite)
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from domain_expert.generate import generate_batch, load_for_inference
+
+    lm = load_for_inference(args.run, base=args.base)
+    print(generate_batch(lm, [args.question], base=args.base, max_new_tokens=args.max_new_tokens)[0])
+    return 0
+
+
+def cmd_chat(args) -> int:
+    from domain_expert.generate import chat_loop, load_for_inference
+
+    lm = load_for_inference(args.run, base=args.base)
+    chat_loop(lm, base=args.base, max_new_tokens=args.max_new_tokens)
+    return 0
+
+
+def cmd_run(args) -> int:
+    from domain_expert import pipeline
+
+    pipeline.run(_load(args), overwrite=args.overwrite)
+    return 0
+
+
+def cmd_configs(args) -> int:
+    from domain_expert.config import shipped_configs
+
+    for name, path in shipped_configs().items():
+        print(f"{name:24} {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="domain-expert",
+        description="Turn a foundation LLM into a domain expert: prepare -> finetune -> export -> chat.",
+    )
+    p.add_argument("--version", action="version", version=f"domain-expert {__version__}")
+    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+    verbs: list[tuple[str, str, Callable]] = [
+        ("run", "the whole pipeline on a config, then base vs tuned side by side", cmd_run),
+        ("prepare", "sources -> train/val/test JSONL + manifest.json", cmd_prepare),
+        ("finetune", "LoRA fine-tuning on prepared data", cmd_finetune),
+        ("export", "merge the adapter into a plain Hugging Face folder with a model card", cmd_export),
+        ("generate", "answer one question with the tuned (or --base) model", cmd_generate),
+        ("chat", "chat in the terminal with the tuned (or --base) model", cmd_chat),
+        ("configs", "list the shipped configs", cmd_configs),
+    ]
+    for name, help_, fn in verbs:
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.set_defaults(func=fn)
+        if name in ("run", "prepare", "finetune"):
+            sp.add_argument("config", nargs="*", metavar="CONFIG [key=value ...]", help=CONFIG_HELP)
+            sp.add_argument("--overwrite", action="store_true", help="replace existing output folders")
+        if name == "prepare":
+            sp.add_argument("--out", type=Path, help="output folder (default: <run>/data)")
+        if name == "finetune":
+            sp.add_argument("--data", type=Path, help="prepared data folder (default: <run>/data)")
+            sp.add_argument("--out", type=Path, help="output folder (default: <run>/finetune)")
+        if name == "export":
+            sp.add_argument("run", type=Path, help="run folder or its finetune/ folder")
+            sp.add_argument("--out", type=Path, help="output folder (default: <run>/export)")
+            sp.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], help="weights dtype (default: config)")
+            sp.add_argument("--overwrite", action="store_true")
+        if name in ("generate", "chat"):
+            sp.add_argument("run", type=Path, help="run folder, its finetune/ or export/ folder, or a model folder")
+            if name == "generate":
+                sp.add_argument("question")
+            sp.add_argument("--base", action="store_true", help="ask the untuned base model, same prompt format")
+            sp.add_argument("--max-new-tokens", type=int, default=128 if name == "generate" else 256)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except DomainExpertError as e:
+        print(f"error: {e.one_line()}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def console_main() -> None:
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""`domain-expert generate` (one shot) and `domain-expert chat` (terminal, streamed): ask the tuned model, or its
+base with `--base`, in exactly the prompt format the model was trained with (read from the run folder)."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from domain_expert.errors import RunFolderError
+from domain_expert.fsutil import read_json
+from domain_expert.prompts import PromptFormat
+from domain_expert.runs import stage_info
+
+
+@dataclass
+class LoadedModel:
+    model: object
+    tokenizer: object
+    fmt: PromptFormat
+    label: str
+    has_adapter: bool  # True when the base can be reached by disabling the adapter (no second copy in memory)
+
+
+def load_for_inference(path: str | Path, *, base: bool = False, device: str = "auto", dtype: str = "auto") -> LoadedModel:
+    """`path`: a run folder, its finetune/ folder (base + adapter), its export/ folder, or any plain HF folder."""
+    import torch  # noqa: F401
+
+    from domain_expert.hardware import resolve_device, resolve_dtype
+    from domain_expert.models import load_causal_lm, load_tokenizer
+
+    path = Path(path)
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    ft = path / "finetune" if (path / "finetune" / "stage.json").exists() else path
+    info = stage_info(ft)
+    if info and info.get("stage") == "finetune":
+        from peft import PeftModel
+
+        tok = load_tokenizer(str(ft))
+        fmt = PromptFormat.load(ft)
+        model = load_causal_lm(info["base_model"]["path"], dtype=dt, device=dev)
+        if len(tok) > model.get_input_embeddings().weight.shape[0]:
+            model.resize_token_embeddings(len(tok))
+        model = PeftModel.from_pretrained(model, str(ft)).to(dev)
+        model.eval()
+        name = info["base_model"]["reference"]
+        return LoadedModel(model, tok, fmt, f"{name} (base)" if base else f"{name} + LoRA", True)
+    if base:
+        exp = read_json(path / "stage.json") if (path / "stage.json").exists() else {}
+        if exp.get("stage") == "export":
+            return load_for_inference(exp["finetune_dir"], base=True, device=device, dtype=dtype)
+        raise RunFolderError("--base needs a run or finetune folder (to know the base model)", where=str(path),
+                             fix="pass the run folder instead of a plain model folder")
+    if not (path / "config.json").exists():
+        raise RunFolderError("not a run, finetune or model folder", where=str(path),
+                             fix="pass runs/<name>, runs/<name>/finetune or runs/<name>/export")
+    tok = load_tokenizer(str(path))
+    fmt = PromptFormat.load(path) if (path / "prompt_format.json").exists() else PromptFormat(
+        "chat" if getattr(tok, "chat_template", None) else "plain")
+    model = load_causal_lm(str(path), dtype=dt, device=dev)
+    model.eval()
+    return LoadedModel(model, tok, fmt, str(path), False)
+
+
+def _adapter_off(lm: LoadedModel, base: bool):
+    import contextlib
+
+    if base and lm.has_adapter:
+        return lm.model.disable_adapter()
+    return contextlib.nullcontext()
+
+
+def generate_batch(lm: LoadedModel, prompts: list[str], *, base: bool = False, max_new_tokens: int = 128,
+                   batch_size: int = 16, progress: bool = False) -> list[str]:
+    """Greedy answers, batched with left padding. Stops at EOS; returns text without special tokens."""
+    import torch
+    from tqdm.auto import tqdm
+
+    tok = lm.tokenizer
+    out: list[str] = []
+    device = next(lm.model.parameters()).device
+    chunks = range(0, len(prompts), batch_size)
+    for b in tqdm(chunks, desc=f"generate {lm.label}", disable=not progress, leave=False):
+        encoded = [lm.fmt.encode_prompt(tok, p) for p in prompts[b : b + batch_size]]
+        width = max(len(e) for e in encoded)
+        ids = torch.full((len(encoded), width), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, e in enumerate(encoded):
+            ids[i, width - len(e) :] = torch.tensor(e)
+            mask[i, width - len(e) :] = 1
+        with torch.no_grad(), _adapter_off(lm, base):
+            gen = lm.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
+                                    max_new_tokens=max_new_tokens, eos_token_id=tok.eos_token_id,
+                                    pad_token_id=tok.pad_token_id)
+        for row in gen[:, width:]:
+            out.append(tok.decode(row, skip_special_tokens=True).strip())
+    return out
+
+
+def stream_answer(lm: LoadedModel, messages: list[dict], *, base: bool = False, max_new_tokens: int = 256,
+                  out=sys.stdout) -> str:
+    """Generate one reply to a conversation, printing tokens as they come."""
+    import threading
+
+    import torch
+    from transformers import TextIteratorStreamer
+
+    tok = lm.tokenizer
+    text = lm.fmt.render_messages(tok, messages)
+    ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    if lm.fmt.style == "plain" and tok.bos_token_id is not None:
+        ids = torch.cat([torch.tensor([[tok.bos_token_id]]), ids], dim=1)
+    ids = ids.to(next(lm.model.parameters()).device)
+    streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
+    kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                  do_sample=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, streamer=streamer)
+
+    def work():
+        with torch.no_grad(), _adapter_off(lm, base):
+            lm.model.generate(**kwargs)
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    parts = []
+    for piece in streamer:
+        parts.append(piece)
+        out.write(piece)
+        out.flush()
+    thread.join()
+    out.write("\n")
+    return "".join(parts).strip()
+
+
+def chat_loop(lm: LoadedModel, *, base: bool = False, max_new_tokens: int = 256, stdin=sys.stdin,
+              out=sys.stdout) -> None:
+    who = lm.label if not base else f"{lm.label}"
+    out.write(f"Chatting with {who}. Not a clinician: answers can be wrong; not medical advice.\n"
+              "Type /reset to clear the conversation, /exit or Ctrl-D to quit.\n")
+    messages: list[dict] = []
+    while True:
+        out.write("\nyou> ")
+        out.flush()
+        line = stdin.readline()
+        if not line:
+            break
+        line = line.strip()
+        if not line:
+            continue
+        if line in ("/exit", "/quit"):
+            break
+        if line == "/reset":
+            messages = []
+            out.write("(conversation cleared)\n")
+            continue
+        messages.append({"role": "user", "content": line})
+        out.write("model> ")
+        reply = stream_answer(lm, messages, base=base, max_new_tokens=max_new_tokens, out=out)
+        messages.append({"role": "assistant", "content": reply})

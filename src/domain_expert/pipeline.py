@@ -1,0 +1,56 @@
+"""`domain-expert run`: every stage on one config, into one run folder, then a base-vs-tuned side-by-side."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from domain_expert.config import RunConfig, dump_config
+from domain_expert.fsutil import check_output_dir, write_json_atomic, write_text_atomic
+
+
+def run(cfg: RunConfig, *, overwrite: bool = False) -> Path:
+    from domain_expert import compare, export, finetune
+    from domain_expert.data import prepare
+    from domain_expert.models import resolve_model
+
+    run_dir = cfg.run_dir
+    check_output_dir(run_dir, overwrite)  # before any work: never clobber a previous run by accident
+    resolve_model(cfg.model)  # fail fast on a bad model reference (and convert the built-in once)
+    t0 = time.time()
+    timings: dict[str, float] = {}
+
+    def timed(name: str, fn):
+        t = time.time()
+        result = fn()
+        timings[name] = round(time.time() - t, 1)
+        return result
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run_dir / "config.yaml", dump_config(cfg))
+    data_dir = timed("prepare", lambda: prepare.run(cfg, run_dir / "data", overwrite=overwrite))
+    ft_dir = timed("finetune", lambda: finetune.run(cfg, data_dir, run_dir / "finetune", overwrite=overwrite))
+    exp_dir = timed("export", lambda: export.run(ft_dir, run_dir / "export", overwrite=overwrite))
+    rows = timed("compare", lambda: compare.run(run_dir, cfg.compare.examples, cfg.compare.max_new_tokens))
+    total = round(time.time() - t0, 1)
+    write_json_atomic(run_dir / "run.json", {
+        "name": cfg.name, "seconds": total, "stage_seconds": timings, "peak_rss_mib": _peak_rss_mib(),
+        "folders": {"data": str(data_dir), "finetune": str(ft_dir), "export": str(exp_dir)},
+    })
+    compare.print_side_by_side(rows)
+    print(f"""
+[domain-expert] run '{cfg.name}' finished in {total / 60:.1f} min (peak memory {_peak_rss_mib() / 1024:.1f} GiB)
+  prepared data   {data_dir}   (manifest.json: sources, licences, hashes)
+  adapter         {ft_dir}   (metrics.jsonl, TensorBoard: tensorboard --logdir {ft_dir / 'tb'})
+  merged model    {exp_dir}   (plain Hugging Face folder + model card)
+  side-by-side    {run_dir / 'compare.md'}
+Ask it:   domain-expert generate {run_dir} "What is thrombocytopenia?"   (add --base for the untuned model)
+Chat:     domain-expert chat {run_dir}
+Not a clinician: answers can be wrong; not medical advice.""")
+    return run_dir
+
+
+def _peak_rss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
