@@ -27,3 +27,60 @@ def tiny_tokenizer(tmp_path_factory):
     fast.save_pretrained(folder)
     # Reload from disk, as the pipeline does with a model's tokenizer.
     return AutoTokenizer.from_pretrained(str(folder))
+
+
+# --- tiny Llama for fast pipeline tests ------------------------------------------------------------------------
+
+from pathlib import Path  # noqa: E402
+
+ASSETS = Path(__file__).parent / "assets"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A 2-layer, 32-dim random Llama with the repo's 1,000-token ChatML tokenizer, saved as a plain HF folder."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(str(ASSETS / "tiny-tokenizer"))
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
+        initializer_range=0.2,  # the default 0.02 caps a frozen 32-dim head at logits ~0.6: nothing could be learned
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+    model = LlamaForCausalLM(cfg)
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def tiny_overrides(model_dir: Path, run_dir: Path, **extra: str) -> list[str]:
+    """Overrides that shrink the default recipe to seconds on the tiny model."""
+    base = {
+        "model": str(model_dir),
+        "output_dir": str(run_dir),
+        "data.sources.0.max_terms": "40",
+        "train.max_steps": "4",
+        "train.batch_size": "4",
+        "train.eval_every": "2",
+        "train.save_every": "2",
+        "train.max_minutes": "null",
+        "train.dtype": "fp32",
+        "train.learning_rate": "1e-3",
+        "export.dtype": "fp32",
+        "compare.examples": "2",
+        "compare.max_new_tokens": "8",
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+@pytest.fixture
+def tiny_args(tiny_model_dir, tmp_path):
+    def make(**extra: str) -> list[str]:
+        return tiny_overrides(tiny_model_dir, tmp_path / "run", **extra)
+
+    return make

@@ -65,7 +65,8 @@ def cmd_generate(args) -> int:
     from domain_expert.generate import generate_batch, load_for_inference
 
     lm = load_for_inference(args.run, base=args.base)
-    print(generate_batch(lm, [args.question], base=args.base, max_new_tokens=args.max_new_tokens)[0])
+    answer = generate_batch(lm, [args.question], base=args.base, max_new_tokens=args.max_new_tokens)[0]
+    print(answer or "(empty answer: the model stopped at once)")
     return 0
 
 

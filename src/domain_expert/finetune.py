@@ -52,6 +52,7 @@ def run(cfg: RunConfig, data_dir: str | Path, out_dir: str | Path, *, overwrite:
     from domain_expert.prompts import from_config
 
     data_dir, out_dir = Path(data_dir), Path(out_dir)
+    resolved = resolve_model(cfg.model)  # a bad model reference is the likelier mistake: say it first
     data_manifest = check_prepared(data_dir)
     check_output_dir(out_dir, overwrite)
     t_cfg = cfg.train
@@ -60,7 +61,6 @@ def run(cfg: RunConfig, data_dir: str | Path, out_dir: str | Path, *, overwrite:
     if t_cfg.quantization == "4bit" and device != "cuda":
         raise RunFolderError("QLoRA (train.quantization=4bit) needs a CUDA GPU", where="train.quantization",
                              fix="set train.quantization=none on this machine")
-    resolved = resolve_model(cfg.model)
     torch.manual_seed(t_cfg.seed)
 
     tokenizer = load_tokenizer(resolved.path)

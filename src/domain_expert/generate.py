@@ -30,6 +30,9 @@ def load_for_inference(path: str | Path, *, base: bool = False, device: str = "a
     from domain_expert.models import load_causal_lm, load_tokenizer
 
     path = Path(path)
+    if not path.exists():
+        raise RunFolderError("run or model folder not found", where=str(path),
+                             fix="pass runs/<name> (made by `domain-expert run`) or a model folder")
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     ft = path / "finetune" if (path / "finetune" / "stage.json").exists() else path
@@ -99,8 +102,9 @@ def generate_batch(lm: LoadedModel, prompts: list[str], *, base: bool = False, m
 
 
 def stream_answer(lm: LoadedModel, messages: list[dict], *, base: bool = False, max_new_tokens: int = 256,
-                  out=sys.stdout) -> str:
+                  out=None) -> str:
     """Generate one reply to a conversation, printing tokens as they come."""
+    out = out or sys.stdout
     import threading
 
     import torch
@@ -132,9 +136,10 @@ def stream_answer(lm: LoadedModel, messages: list[dict], *, base: bool = False, 
     return "".join(parts).strip()
 
 
-def chat_loop(lm: LoadedModel, *, base: bool = False, max_new_tokens: int = 256, stdin=sys.stdin,
-              out=sys.stdout) -> None:
-    who = lm.label if not base else f"{lm.label}"
+def chat_loop(lm: LoadedModel, *, base: bool = False, max_new_tokens: int = 256, stdin=None, out=None) -> None:
+    stdin = stdin or sys.stdin  # resolved at call time, so tests and callers can swap the streams
+    out = out or sys.stdout
+    who = f"{lm.label} (adapter disabled)" if base and lm.has_adapter else lm.label
     out.write(f"Chatting with {who}. Not a clinician: answers can be wrong; not medical advice.\n"
               "Type /reset to clear the conversation, /exit or Ctrl-D to quit.\n")
     messages: list[dict] = []

