@@ -50,8 +50,11 @@ CASES = {
         ["d.csv", "UTF-8"],
     ),
     "pdf without text": (
-        lambda t: (t / "docs").mkdir() or _blank_pdf(t / "docs" / "scan.pdf")
-        or ["data.sources=[{kind: documents, path: '" + str(t / "docs") + "'}]"],
+        lambda t: (
+            (t / "docs").mkdir()
+            or _blank_pdf(t / "docs" / "scan.pdf")
+            or ["data.sources=[{kind: documents, path: '" + str(t / "docs") + "'}]"]
+        ),
         ["scan.pdf", "OCR"],
     ),
     "unknown config key": (lambda t: ["train.epoch=3"], ["train.epoch", "did you mean epochs"]),

@@ -17,9 +17,17 @@ pytestmark = pytest.mark.e2e
 def test_run_on_real_smollm2(tmp_path, capsys):
     run_dir = tmp_path / "run"
     argv = [
-        "run", "medical-terms", f"output_dir={run_dir}", "data.sources.0.max_terms=60", "train.max_steps=3",
-        "train.batch_size=8", "train.eval_every=3", "train.max_val_batches=1", "compare.examples=2",
-        "compare.max_new_tokens=24", "export.fidelity_prompts=2",
+        "run",
+        "medical-terms",
+        f"output_dir={run_dir}",
+        "data.sources.0.max_terms=60",
+        "train.max_steps=3",
+        "train.batch_size=8",
+        "train.eval_every=3",
+        "train.max_val_batches=1",
+        "compare.examples=2",
+        "compare.max_new_tokens=24",
+        "export.fidelity_prompts=2",
     ]
     assert main(argv) == 0
     out = capsys.readouterr().out
@@ -35,8 +43,12 @@ def test_run_on_real_smollm2(tmp_path, capsys):
 
     tok = AutoTokenizer.from_pretrained(run_dir / "export")
     model = AutoModelForCausalLM.from_pretrained(run_dir / "export")
-    enc = tok.apply_chat_template([{"role": "user", "content": "What is anemia?"}], add_generation_prompt=True,
-                                  return_tensors="pt", return_dict=True)
+    enc = tok.apply_chat_template(
+        [{"role": "user", "content": "What is anemia?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
     gen = model.generate(**enc, max_new_tokens=12)
     assert gen.shape[1] > enc["input_ids"].shape[1]
     rows = [json.loads(x) for x in (run_dir / "compare.jsonl").read_text().splitlines()]

@@ -21,11 +21,26 @@ def tiny_run(tiny_model_dir, tmp_path_factory):
 
 
 def test_run_writes_every_stage(tiny_run):
-    for f in ("data/train.jsonl", "data/val.jsonl", "data/test.jsonl", "data/manifest.json",
-              "finetune/adapter_model.safetensors", "finetune/adapter_config.json", "finetune/tokenizer.json",
-              "finetune/config.yaml", "finetune/prompt_format.json", "finetune/metrics.jsonl",
-              "finetune/stage.json", "export/model.safetensors", "export/README.md", "export/stage.json",
-              "export/generation_config.json", "compare.md", "compare.jsonl", "run.json"):
+    for f in (
+        "data/train.jsonl",
+        "data/val.jsonl",
+        "data/test.jsonl",
+        "data/manifest.json",
+        "finetune/adapter_model.safetensors",
+        "finetune/adapter_config.json",
+        "finetune/tokenizer.json",
+        "finetune/config.yaml",
+        "finetune/prompt_format.json",
+        "finetune/metrics.jsonl",
+        "finetune/stage.json",
+        "export/model.safetensors",
+        "export/README.md",
+        "export/stage.json",
+        "export/generation_config.json",
+        "compare.md",
+        "compare.jsonl",
+        "run.json",
+    ):
         assert (tiny_run / f).exists(), f
     assert list((tiny_run / "finetune" / "tb").glob("events.out.tfevents.*"))
 
@@ -103,10 +118,10 @@ def test_stages_run_separately(tiny_model_dir, tmp_path):
 def test_finetune_learns_a_tiny_dataset(tiny_model_dir, tmp_path):
     """Training must actually learn: after 40 steps on 8 terms, the loss on those examples is clearly lower than
     the base model's (measured on the same fixed batches, so batch noise cannot pass or fail it)."""
-    from conftest import tiny_overrides
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
+    from conftest import tiny_overrides
     from domain_expert.batching import collate, encode_records
     from domain_expert.data.records import read_records
     from domain_expert.losses import causal_lm_loss
@@ -114,10 +129,20 @@ def test_finetune_learns_a_tiny_dataset(tiny_model_dir, tmp_path):
     from domain_expert.prompts import PromptFormat
 
     run_dir = tmp_path / "learn"
-    ov = tiny_overrides(tiny_model_dir, run_dir, **{"train.max_steps": "40", "train.eval_every": "40",
-                                                   "data.sources.0.max_terms": "8", "data.test_fraction": "0",
-                                                   "data.val_fraction": "0", "lora.r": "8",
-                                                   "train.learning_rate": "1e-2", "train.warmup_steps": "2"})
+    ov = tiny_overrides(
+        tiny_model_dir,
+        run_dir,
+        **{
+            "train.max_steps": "40",
+            "train.eval_every": "40",
+            "data.sources.0.max_terms": "8",
+            "data.test_fraction": "0",
+            "data.val_fraction": "0",
+            "lora.r": "8",
+            "train.learning_rate": "1e-2",
+            "train.warmup_steps": "2",
+        },
+    )
     assert main(["prepare", *ov]) == 0
     assert main(["finetune", *ov]) == 0
     ft = run_dir / "finetune"

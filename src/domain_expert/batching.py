@@ -35,7 +35,9 @@ def encode_records(records: list[Record], fmt: PromptFormat, tokenizer, max_len:
     return out, truncated
 
 
-def length_grouped_batches(n_examples: int, lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+def length_grouped_batches(
+    n_examples: int, lengths: list[int], batch_size: int, seed: int, epoch: int
+) -> list[list[int]]:
     """Shuffle, sort within windows of 50 batches by length, then shuffle the batches: examples of similar length
     share a batch (little padding) while the order still varies by epoch."""
     rng = random.Random(seed * 1_000_003 + epoch)

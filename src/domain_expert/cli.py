@@ -24,8 +24,9 @@ def _split_config(items: list[str]) -> tuple[str | None, list[str]]:
         elif config is None:
             config = it
         else:
-            raise DomainExpertError(f"unexpected argument '{it}'", where="command line",
-                                    fix="give one config, then key=value overrides")
+            raise DomainExpertError(
+                f"unexpected argument '{it}'", where="command line", fix="give one config, then key=value overrides"
+            )
     return config, overrides
 
 
@@ -49,8 +50,7 @@ def cmd_finetune(args) -> int:
     from domain_expert import finetune
 
     cfg = _load(args)
-    finetune.run(cfg, args.data or cfg.run_dir / "data", args.out or cfg.run_dir / "finetune",
-                 overwrite=args.overwrite)
+    finetune.run(cfg, args.data or cfg.run_dir / "data", args.out or cfg.run_dir / "finetune", overwrite=args.overwrite)
     return 0
 
 

@@ -34,24 +34,39 @@ def run(run_dir: Path, n: int, max_new_tokens: int) -> list[dict]:
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     rows = []
     for r, b, t in zip(examples, base, tuned, strict=True):
-        rows.append({
-            "id": r.id, "prompt": r.prompt, "reference": r.completion, "base": b, "tuned": t,
-            "rougeL_base": scorer.score(r.completion, b)["rougeL"].fmeasure,
-            "rougeL_tuned": scorer.score(r.completion, t)["rougeL"].fmeasure,
-        })
+        rows.append(
+            {
+                "id": r.id,
+                "prompt": r.prompt,
+                "reference": r.completion,
+                "base": b,
+                "tuned": t,
+                "rougeL_base": scorer.score(r.completion, b)["rougeL"].fmeasure,
+                "rougeL_tuned": scorer.score(r.completion, t)["rougeL"].fmeasure,
+            }
+        )
     write_text_atomic(run_dir / "compare.jsonl", "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in rows))
     write_text_atomic(run_dir / "compare.md", to_markdown(rows))
     return rows
 
 
 def to_markdown(rows: list[dict]) -> str:
-    lines = ["# Base vs tuned on held-out questions", "",
-             "Greedy answers to questions about terms never seen in training. ROUGE-L against the reference "
-             "definition. Not medical advice: the model is not a clinician.", ""]
+    lines = [
+        "# Base vs tuned on held-out questions",
+        "",
+        "Greedy answers to questions about terms never seen in training. ROUGE-L against the reference "
+        "definition. Not medical advice: the model is not a clinician.",
+        "",
+    ]
     for x in rows:
-        lines += [f"## {x['prompt']}", "", f"- **reference**: {x['reference']}",
-                  f"- **base** (ROUGE-L {x['rougeL_base']:.2f}): {x['base'] or '(empty)'}",
-                  f"- **tuned** (ROUGE-L {x['rougeL_tuned']:.2f}): {x['tuned'] or '(empty)'}", ""]
+        lines += [
+            f"## {x['prompt']}",
+            "",
+            f"- **reference**: {x['reference']}",
+            f"- **base** (ROUGE-L {x['rougeL_base']:.2f}): {x['base'] or '(empty)'}",
+            f"- **tuned** (ROUGE-L {x['rougeL_tuned']:.2f}): {x['tuned'] or '(empty)'}",
+            "",
+        ]
     if rows:
         mb = sum(x["rougeL_base"] for x in rows) / len(rows)
         mt = sum(x["rougeL_tuned"] for x in rows) / len(rows)
@@ -63,8 +78,9 @@ def print_side_by_side(rows: list[dict], width: int = 100) -> None:
     import textwrap
 
     def wrap(label: str, text: str) -> str:
-        return textwrap.fill(text or "(empty)", width=width, initial_indent=f"  {label:<11} ",
-                             subsequent_indent=" " * 14)
+        return textwrap.fill(
+            text or "(empty)", width=width, initial_indent=f"  {label:<11} ", subsequent_indent=" " * 14
+        )
 
     for x in rows:
         print(f"\nQ: {x['prompt']}")

@@ -34,7 +34,7 @@ class MedicalTermsSource(_Strict):
     branch: str | None = Field(HEMATOLOGY_BRANCH, description="HPO id whose descendants are used; null = all terms")
     max_terms: int | None = Field(None, gt=0, description="cap on terms after filtering (sampled with the seed)")
     tasks: list[Literal["define", "explain", "synonym", "layperson", "reverse"]] = Field(
-        default_factory=lambda: ["define", "synonym", "layperson", "reverse"],
+        default_factory=lambda: ["define", "reverse"],
         min_length=1,
         description="question kinds per term; reverse asks definition -> term, so the model learns both ways",
     )
@@ -337,7 +337,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_format_errors(e, raw, origin), fix="see the shipped configs in domain_expert/configs") from None
+        raise ConfigError(
+            _format_errors(e, raw, origin), fix="see the shipped configs in domain_expert/configs"
+        ) from None
 
 
 def shipped_configs() -> dict[str, Path]:

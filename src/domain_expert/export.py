@@ -17,8 +17,9 @@ from domain_expert.runs import find_stage
 DEFAULT_TOLERANCE = {"fp32": 1e-3, "fp16": 0.5, "bf16": 1.5}
 
 
-def run(finetune_path: str | Path, out_dir: str | Path | None = None, *, dtype: str | None = None,
-        overwrite: bool = False) -> Path:
+def run(
+    finetune_path: str | Path, out_dir: str | Path | None = None, *, dtype: str | None = None, overwrite: bool = False
+) -> Path:
     import torch
     from peft import PeftModel
 
@@ -51,7 +52,8 @@ def run(finetune_path: str | Path, out_dir: str | Path | None = None, *, dtype: 
     merge_diff = _max_diff(reference, _logits(merged, batch, tokenizer.pad_token_id))
     if merge_diff > DEFAULT_TOLERANCE["fp32"]:
         raise FidelityError(
-            f"the fp32 merge differs from adapter+base: max |logit diff| {merge_diff:.4g} > {DEFAULT_TOLERANCE['fp32']}",
+            f"the fp32 merge differs from adapter+base: max |logit diff| {merge_diff:.4g}"
+            f" > {DEFAULT_TOLERANCE['fp32']}",
             where=str(ft_dir),
             fix="this is a bug (or an adapter type that does not merge linearly): use the adapter with its base",
         )
@@ -92,15 +94,18 @@ def run(finetune_path: str | Path, out_dir: str | Path | None = None, *, dtype: 
             )
         data_manifest = read_json(ft_dir / "data_manifest.json") if (ft_dir / "data_manifest.json").exists() else {}
         write_text_atomic(tmp / "README.md", model_card(cfg, stage, data_manifest, dtype, fidelity))
-        write_json_atomic(tmp / "stage.json", {
-            "stage": "export",
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "dtype": dtype,
-            "finetune_dir": str(ft_dir.resolve()),
-            "base_model": stage["base_model"],
-            "fidelity": fidelity,
-            "seconds": round(time.time() - t0, 1),
-        })
+        write_json_atomic(
+            tmp / "stage.json",
+            {
+                "stage": "export",
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "dtype": dtype,
+                "finetune_dir": str(ft_dir.resolve()),
+                "base_model": stage["base_model"],
+                "fidelity": fidelity,
+                "seconds": round(time.time() - t0, 1),
+            },
+        )
     print(f"[domain-expert] export done: {out_dir} (max |logit diff| {diff:.3g} <= {tolerance:g})", flush=True)
     return out_dir
 
@@ -135,14 +140,19 @@ def model_card(cfg: RunConfig, stage: dict, data_manifest: dict, dtype: str, fid
     base = stage["base_model"]
     summ = stage.get("summary", {})
     sources = data_manifest.get("sources", [])
-    src_lines = "\n".join(
-        f"- **{s['name']}** ({s['kind']}): {s.get('records', '?')} records"
-        + (f", {s['scope']}" if s.get("scope") else "")
-        + f". Licence: {s.get('license', 'unknown')}"
-        for s in sources
-    ) or "- (data manifest not found)"
+    src_lines = (
+        "\n".join(
+            f"- **{s['name']}** ({s['kind']}): {s.get('records', '?')} records"
+            + (f", {s['scope']}" if s.get("scope") else "")
+            + f". Licence: {s.get('license', 'unknown')}"
+            for s in sources
+        )
+        or "- (data manifest not found)"
+    )
     outputs = data_manifest.get("outputs", {})
-    split_line = ", ".join(f"{k.split('.')[0]} {v['records']} records / {v['groups']} groups" for k, v in outputs.items())
+    split_line = ", ".join(
+        f"{k.split('.')[0]} {v['records']} records / {v['groups']} groups" for k, v in outputs.items()
+    )
     base_hub = base["origin"].split(" ")[0] if base["source"] == "builtin" else base["reference"]
     return f"""---
 base_model: {base_hub}
@@ -151,38 +161,38 @@ pipeline_tag: text-generation
 tags: [medical, lora, domain-expert]
 ---
 
-# {cfg.name}: {base['reference']} fine-tuned with LoRA
+# {cfg.name}: {base["reference"]} fine-tuned with LoRA
 
 **Not medical advice.** This model is not a clinician. It was tuned to explain medical terminology from public
 reference definitions and can be wrong, incomplete or out of date. Do not use it to diagnose, treat or make any
 decision about a patient; always check answers against authoritative sources and a qualified professional.
 
 ## Base model
-- {base['origin']} (licence: {base['license']})
+- {base["origin"]} (licence: {base["license"]})
 
 ## Data
 {src_lines}
-- Split by group (term id, synonyms included) with seed {data_manifest.get('split', {}).get('seed', '?')}: {split_line}.
+- Split by group (term id, synonyms included) with seed {data_manifest.get("split", {}).get("seed", "?")}: {split_line}.
   No held-out term, nor any of its synonyms, was seen in training.
 - Public reference data only; no patient data.
 
 ## Training
-- LoRA r={cfg.lora.r}, alpha={cfg.lora.alpha}, dropout={cfg.lora.dropout}, targets {', '.join(cfg.lora.target_modules)}
+- LoRA r={cfg.lora.r}, alpha={cfg.lora.alpha}, dropout={cfg.lora.dropout}, targets {", ".join(cfg.lora.target_modules)}
 - learning rate {cfg.train.learning_rate}, batch {cfg.train.batch_size} x {cfg.train.grad_accum}, max length
-  {cfg.train.max_seq_len}, {summ.get('steps', '?')} steps ({summ.get('epochs_seen', '?')} epochs),
-  {summ.get('trained_tokens', '?')} tokens, {summ.get('seconds', '?')} s on {stage.get('device')}/{stage.get('dtype')}
-- validation loss {_fmt(summ.get('val_loss_start'))} -> {_fmt(summ.get('val_loss_end'))}
+  {cfg.train.max_seq_len}, {summ.get("steps", "?")} steps ({summ.get("epochs_seen", "?")} epochs),
+  {summ.get("trained_tokens", "?")} tokens, {summ.get("seconds", "?")} s on {stage.get("device")}/{stage.get("dtype")}
+- validation loss {_fmt(summ.get("val_loss_start"))} -> {_fmt(summ.get("val_loss_end"))}
 - Loss on answer tokens only; EOS is trained so the model stops.
 
 ## Prompt format
-Style `{cfg.prompt.style}`{' with system message: "' + cfg.prompt.system + '"' if cfg.prompt.system else ''}. Use
+Style `{cfg.prompt.style}`{' with system message: "' + cfg.prompt.system + '"' if cfg.prompt.system else ""}. Use
 the same format at inference (`prompt_format.json`; the chat template is in the tokenizer).
 
 ## Export
-Merged weights in {dtype}. Fidelity on {fidelity['prompts']} held-out prompts, against adapter+base in fp32: merge
-in fp32 max |logit diff| {fidelity['merge_max_abs_logit_diff_fp32']:.2g}; this {dtype} folder max |logit diff|
-{fidelity['max_abs_logit_diff']:.3g} (tolerance {fidelity['tolerance']:g}), same top token at
-{fidelity['argmax_agreement']:.1%} of positions.
+Merged weights in {dtype}. Fidelity on {fidelity["prompts"]} held-out prompts, against adapter+base in fp32: merge
+in fp32 max |logit diff| {fidelity["merge_max_abs_logit_diff_fp32"]:.2g}; this {dtype} folder max |logit diff|
+{fidelity["max_abs_logit_diff"]:.3g} (tolerance {fidelity["tolerance"]:g}), same top token at
+{fidelity["argmax_agreement"]:.1%} of positions.
 
 ```python
 from transformers import AutoModelForCausalLM, AutoTokenizer

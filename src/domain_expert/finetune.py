@@ -14,7 +14,14 @@ from pathlib import Path
 
 from domain_expert.config import RunConfig, dump_config
 from domain_expert.errors import DataError, RunFolderError
-from domain_expert.fsutil import check_output_dir, read_json, sha256_file, staged_dir, write_json_atomic, write_text_atomic
+from domain_expert.fsutil import (
+    check_output_dir,
+    read_json,
+    sha256_file,
+    staged_dir,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 KEEP_CHECKPOINTS = 2
 
@@ -59,8 +66,11 @@ def run(cfg: RunConfig, data_dir: str | Path, out_dir: str | Path, *, overwrite:
     device = resolve_device(t_cfg.device)
     dtype = resolve_dtype(t_cfg.dtype, device)
     if t_cfg.quantization == "4bit" and device != "cuda":
-        raise RunFolderError("QLoRA (train.quantization=4bit) needs a CUDA GPU", where="train.quantization",
-                             fix="set train.quantization=none on this machine")
+        raise RunFolderError(
+            "QLoRA (train.quantization=4bit) needs a CUDA GPU",
+            where="train.quantization",
+            fix="set train.quantization=none on this machine",
+        )
     torch.manual_seed(t_cfg.seed)
 
     tokenizer = load_tokenizer(resolved.path)
@@ -70,8 +80,11 @@ def run(cfg: RunConfig, data_dir: str | Path, out_dir: str | Path, *, overwrite:
     train, n_trunc = encode_records(train_recs, fmt, tokenizer, t_cfg.max_seq_len)
     val, _ = encode_records(val_recs, fmt, tokenizer, t_cfg.max_seq_len)
     if not train:
-        raise DataError("no trainable examples (all prompts fill max_seq_len?)", where=str(data_dir / "train.jsonl"),
-                        fix="raise train.max_seq_len")
+        raise DataError(
+            "no trainable examples (all prompts fill max_seq_len?)",
+            where=str(data_dir / "train.jsonl"),
+            fix="raise train.max_seq_len",
+        )
 
     attn = t_cfg.attn_implementation
     if attn == "auto":
@@ -167,8 +180,15 @@ def run(cfg: RunConfig, data_dir: str | Path, out_dir: str | Path, *, overwrite:
             step += 1
             elapsed = time.time() - t0
             tps = tokens / max(elapsed - eval_s, 1e-9)  # training throughput: validation time excluded
-            row = {"step": step, "epoch": round(step / steps_per_epoch, 3), "train_loss": loss_sum / max(1, n_lab),
-                   "lr": opt.param_groups[0]["lr"], "tokens": tokens, "tokens_per_s": tps, "elapsed_s": elapsed}
+            row = {
+                "step": step,
+                "epoch": round(step / steps_per_epoch, 3),
+                "train_loss": loss_sum / max(1, n_lab),
+                "lr": opt.param_groups[0]["lr"],
+                "tokens": tokens,
+                "tokens_per_s": tps,
+                "elapsed_s": elapsed,
+            }
             if step % t_cfg.eval_every == 0 or step == total_steps:
                 t_eval = time.time()
                 last_val = evaluate()
@@ -176,8 +196,13 @@ def run(cfg: RunConfig, data_dir: str | Path, out_dir: str | Path, *, overwrite:
                 if last_val is not None:
                     row["val_loss"] = last_val
             log(row)
-            bar.set_postfix(loss=f"{row['train_loss']:.3f}", val=f"{last_val:.3f}" if last_val else "-",
-                            tok_s=f"{tps:.0f}")
+            bar.set_postfix(
+                loss=f"{row['train_loss']:.3f}", val=f"{last_val:.3f}" if last_val else "-", tok_s=f"{tps:.0f}"
+            )
+            if budget_s and elapsed > 0:
+                # the wall-clock budget may end training before total_steps: size the bar (and its ETA) to it
+                bar.total = max(step, min(total_steps, int(step * budget_s / elapsed)))
+                bar.refresh()
             bar.update(1)
             if step % t_cfg.save_every == 0:
                 _save_checkpoint(model, opt, out_dir, step, epoch, b0 + t_cfg.grad_accum)
@@ -230,12 +255,11 @@ def run(cfg: RunConfig, data_dir: str | Path, out_dir: str | Path, *, overwrite:
             "summary": summary,
         },
     )
-    print(
-        f"[domain-expert] finetune done: {step} steps in {elapsed / 60:.1f} min ({summary['tokens_per_s']:.0f} tokens/s), "
-        f"val loss {first_val:.3f} -> {last_val:.3f}" if first_val is not None and last_val is not None
-        else f"[domain-expert] finetune done: {step} steps in {elapsed / 60:.1f} min",
-        flush=True,
-    )
+    done_msg = f"[domain-expert] finetune done: {step} steps in {elapsed / 60:.1f} min"
+    done_msg += f" ({summary['tokens_per_s']:.0f} tokens/s)"
+    if first_val is not None and last_val is not None:
+        done_msg += f", val loss {first_val:.3f} -> {last_val:.3f}"
+    print(done_msg, flush=True)
     return out_dir
 
 

@@ -22,7 +22,9 @@ class LoadedModel:
     has_adapter: bool  # True when the base can be reached by disabling the adapter (no second copy in memory)
 
 
-def load_for_inference(path: str | Path, *, base: bool = False, device: str = "auto", dtype: str = "auto") -> LoadedModel:
+def load_for_inference(
+    path: str | Path, *, base: bool = False, device: str = "auto", dtype: str = "auto"
+) -> LoadedModel:
     """`path`: a run folder, its finetune/ folder (base + adapter), its export/ folder, or any plain HF folder."""
     import torch  # noqa: F401
 
@@ -31,8 +33,11 @@ def load_for_inference(path: str | Path, *, base: bool = False, device: str = "a
 
     path = Path(path)
     if not path.exists():
-        raise RunFolderError("run or model folder not found", where=str(path),
-                             fix="pass runs/<name> (made by `domain-expert run`) or a model folder")
+        raise RunFolderError(
+            "run or model folder not found",
+            where=str(path),
+            fix="pass runs/<name> (made by `domain-expert run`) or a model folder",
+        )
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     ft = path / "finetune" if (path / "finetune" / "stage.json").exists() else path
@@ -53,14 +58,23 @@ def load_for_inference(path: str | Path, *, base: bool = False, device: str = "a
         exp = read_json(path / "stage.json") if (path / "stage.json").exists() else {}
         if exp.get("stage") == "export":
             return load_for_inference(exp["finetune_dir"], base=True, device=device, dtype=dtype)
-        raise RunFolderError("--base needs a run or finetune folder (to know the base model)", where=str(path),
-                             fix="pass the run folder instead of a plain model folder")
+        raise RunFolderError(
+            "--base needs a run or finetune folder (to know the base model)",
+            where=str(path),
+            fix="pass the run folder instead of a plain model folder",
+        )
     if not (path / "config.json").exists():
-        raise RunFolderError("not a run, finetune or model folder", where=str(path),
-                             fix="pass runs/<name>, runs/<name>/finetune or runs/<name>/export")
+        raise RunFolderError(
+            "not a run, finetune or model folder",
+            where=str(path),
+            fix="pass runs/<name>, runs/<name>/finetune or runs/<name>/export",
+        )
     tok = load_tokenizer(str(path))
-    fmt = PromptFormat.load(path) if (path / "prompt_format.json").exists() else PromptFormat(
-        "chat" if getattr(tok, "chat_template", None) else "plain")
+    fmt = (
+        PromptFormat.load(path)
+        if (path / "prompt_format.json").exists()
+        else PromptFormat("chat" if getattr(tok, "chat_template", None) else "plain")
+    )
     model = load_causal_lm(str(path), dtype=dt, device=dev)
     model.eval()
     return LoadedModel(model, tok, fmt, str(path), False)
@@ -74,8 +88,15 @@ def _adapter_off(lm: LoadedModel, base: bool):
     return contextlib.nullcontext()
 
 
-def generate_batch(lm: LoadedModel, prompts: list[str], *, base: bool = False, max_new_tokens: int = 128,
-                   batch_size: int = 16, progress: bool = False) -> list[str]:
+def generate_batch(
+    lm: LoadedModel,
+    prompts: list[str],
+    *,
+    base: bool = False,
+    max_new_tokens: int = 128,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> list[str]:
     """Greedy answers, batched with left padding. Stops at EOS; returns text without special tokens."""
     import torch
     from tqdm.auto import tqdm
@@ -93,16 +114,22 @@ def generate_batch(lm: LoadedModel, prompts: list[str], *, base: bool = False, m
             ids[i, width - len(e) :] = torch.tensor(e)
             mask[i, width - len(e) :] = 1
         with torch.no_grad(), _adapter_off(lm, base):
-            gen = lm.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
-                                    max_new_tokens=max_new_tokens, eos_token_id=tok.eos_token_id,
-                                    pad_token_id=tok.pad_token_id)
+            gen = lm.model.generate(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id,
+            )
         for row in gen[:, width:]:
             out.append(tok.decode(row, skip_special_tokens=True).strip())
     return out
 
 
-def stream_answer(lm: LoadedModel, messages: list[dict], *, base: bool = False, max_new_tokens: int = 256,
-                  out=None) -> str:
+def stream_answer(
+    lm: LoadedModel, messages: list[dict], *, base: bool = False, max_new_tokens: int = 256, out=None
+) -> str:
     """Generate one reply to a conversation, printing tokens as they come."""
     out = out or sys.stdout
     import threading
@@ -117,8 +144,15 @@ def stream_answer(lm: LoadedModel, messages: list[dict], *, base: bool = False, 
         ids = torch.cat([torch.tensor([[tok.bos_token_id]]), ids], dim=1)
     ids = ids.to(next(lm.model.parameters()).device)
     streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
-    kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                  do_sample=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, streamer=streamer)
+    kwargs = dict(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        streamer=streamer,
+    )
 
     def work():
         with torch.no_grad(), _adapter_off(lm, base):
@@ -140,8 +174,10 @@ def chat_loop(lm: LoadedModel, *, base: bool = False, max_new_tokens: int = 256,
     stdin = stdin or sys.stdin  # resolved at call time, so tests and callers can swap the streams
     out = out or sys.stdout
     who = f"{lm.label} (adapter disabled)" if base and lm.has_adapter else lm.label
-    out.write(f"Chatting with {who}. Not a clinician: answers can be wrong; not medical advice.\n"
-              "Type /reset to clear the conversation, /exit or Ctrl-D to quit.\n")
+    out.write(
+        f"Chatting with {who}. Not a clinician: answers can be wrong; not medical advice.\n"
+        "Type /reset to clear the conversation, /exit or Ctrl-D to quit.\n"
+    )
     messages: list[dict] = []
     while True:
         out.write("\nyou> ")

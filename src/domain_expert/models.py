@@ -175,7 +175,14 @@ def _hub_guard(fn, path: str):
         msg = str(e)
         offline = any(
             s in msg
-            for s in ("offline", "couldn't connect", "Connection", "resolve", "not a valid model identifier", "Max retries")
+            for s in (
+                "offline",
+                "couldn't connect",
+                "Connection",
+                "resolve",
+                "not a valid model identifier",
+                "Max retries",
+            )
         )
         if Path(path).exists():
             raise ModelNotFoundError(f"cannot load model folder: {msg.splitlines()[0]}", where=path) from None

@@ -33,17 +33,23 @@ def run(cfg: RunConfig, *, overwrite: bool = False) -> Path:
     exp_dir = timed("export", lambda: export.run(ft_dir, run_dir / "export", overwrite=overwrite))
     rows = timed("compare", lambda: compare.run(run_dir, cfg.compare.examples, cfg.compare.max_new_tokens))
     total = round(time.time() - t0, 1)
-    write_json_atomic(run_dir / "run.json", {
-        "name": cfg.name, "seconds": total, "stage_seconds": timings, "peak_rss_mib": _peak_rss_mib(),
-        "folders": {"data": str(data_dir), "finetune": str(ft_dir), "export": str(exp_dir)},
-    })
+    write_json_atomic(
+        run_dir / "run.json",
+        {
+            "name": cfg.name,
+            "seconds": total,
+            "stage_seconds": timings,
+            "peak_rss_mib": _peak_rss_mib(),
+            "folders": {"data": str(data_dir), "finetune": str(ft_dir), "export": str(exp_dir)},
+        },
+    )
     compare.print_side_by_side(rows)
     print(f"""
 [domain-expert] run '{cfg.name}' finished in {total / 60:.1f} min (peak memory {_peak_rss_mib() / 1024:.1f} GiB)
   prepared data   {data_dir}   (manifest.json: sources, licences, hashes)
-  adapter         {ft_dir}   (metrics.jsonl, TensorBoard: tensorboard --logdir {ft_dir / 'tb'})
+  adapter         {ft_dir}   (metrics.jsonl, TensorBoard: tensorboard --logdir {ft_dir / "tb"})
   merged model    {exp_dir}   (plain Hugging Face folder + model card)
-  side-by-side    {run_dir / 'compare.md'}
+  side-by-side    {run_dir / "compare.md"}
 Ask it:   domain-expert generate {run_dir} "What is thrombocytopenia?"   (add --base for the untuned model)
 Chat:     domain-expert chat {run_dir}
 Not a clinician: answers can be wrong; not medical advice.""")

@@ -37,5 +37,6 @@ def find_stage(path: str | Path, stage: str) -> Path:
     raise RunFolderError(
         f"no completed {stage} stage here",
         where=str(path),
-        fix=f"pass a run folder (runs/<name>) or its {STAGE_DIRS[stage]}/ folder, after running `domain-expert {stage}`",
+        fix=f"pass a run folder (runs/<name>) or its {STAGE_DIRS[stage]}/ folder, "
+        f"after running `domain-expert {stage}`",
     )

@@ -96,9 +96,7 @@ def _list_documents(root: Path, where: str) -> tuple[Path, list[Path], int]:
         for p in root.rglob("*")
         if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
     ]
-    docs = sorted(
-        (p for p in found if p.suffix.lower() in SUPPORTED), key=lambda p: p.relative_to(root).as_posix()
-    )
+    docs = sorted((p for p in found if p.suffix.lower() in SUPPORTED), key=lambda p: p.relative_to(root).as_posix())
     if not docs:
         raise DataError(
             f"no supported documents in this folder ({len(found)} other file(s))",

@@ -65,9 +65,7 @@ def map_rows(
         if rec is not None:
             records.append(rec)
     if n == 0:
-        raise DataError(
-            "empty dataset: no rows", where=where, fix=f"add rows, or point {cmap.cfg_where} elsewhere"
-        )
+        raise DataError("empty dataset: no rows", where=where, fix=f"add rows, or point {cmap.cfg_where} elsewhere")
     if not records:
         cols = _names(cmap.columns[r] for r in cmap.roles)
         raise DataError(
@@ -214,8 +212,7 @@ def load_file_source(cfg: FileSource, where: str) -> SourceResult:
             raise DataError(
                 "is a folder, not a file",
                 where=str(path),
-                fix=f"point {where}.path at a JSONL/CSV/Parquet file; for a folder of documents use "
-                "`kind: documents`",
+                fix=f"point {where}.path at a JSONL/CSV/Parquet file; for a folder of documents use `kind: documents`",
             )
         raise DataError(
             "file not found",
@@ -230,9 +227,7 @@ def load_file_source(cfg: FileSource, where: str) -> SourceResult:
             fix=f"use .jsonl, .json, .csv or .parquet, or set {where}.format to jsonl, csv or parquet",
         )
     cmap = ColumnMap(cfg.columns, where)
-    records, notes = map_rows(
-        _READERS[fmt](path, cmap), cmap, id_prefix=path.stem, source=path.name, where=str(path)
-    )
+    records, notes = map_rows(_READERS[fmt](path, cmap), cmap, id_prefix=path.stem, source=path.name, where=str(path))
     return SourceResult(
         name=path.name,
         kind="file",

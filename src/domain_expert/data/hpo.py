@@ -11,8 +11,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from domain_expert.errors import DataError
 from domain_expert.data.records import Record, SourceResult
+from domain_expert.errors import DataError
 
 HPO_LICENSE = (
     "Human Phenotype Ontology (https://hpo.jax.org/app/license): free to use with attribution; "
@@ -137,28 +137,50 @@ def term_records(term: Term, source: str, *, include_comment: bool, tasks: list[
     if include_comment and term.comment:
         explain = f"{explain} {_trim(term.comment)}"
     recs.append(
-        Record(f"{term.id}:explain", term.id, source, "explain", f"Explain {name} in plain language.", explain,
-               meta=meta)
+        Record(
+            f"{term.id}:explain", term.id, source, "explain", f"Explain {name} in plain language.", explain, meta=meta
+        )
     )
     for i, syn in enumerate(term.synonyms[:2]):
         if _norm(syn) == _norm(term.name):
             continue
         recs.append(
-            Record(f"{term.id}:synonym{i}", term.id, source, "synonym", f"What does {syn} mean?",
-                   f"{syn} is another name for {name}: {d}", meta=meta)
+            Record(
+                f"{term.id}:synonym{i}",
+                term.id,
+                source,
+                "synonym",
+                f"What does {syn} mean?",
+                f"{syn} is another name for {name}: {d}",
+                meta=meta,
+            )
         )
     for i, lay in enumerate(term.layperson[:1]):
         if _norm(lay) == _norm(term.name):
             continue
         recs.append(
-            Record(f"{term.id}:lay{i}", term.id, source, "layperson",
-                   f"What is the medical term for \"{lay.lower()}\"?", term.name, meta=meta)
+            Record(
+                f"{term.id}:lay{i}",
+                term.id,
+                source,
+                "layperson",
+                f'What is the medical term for "{lay.lower()}"?',
+                term.name,
+                meta=meta,
+            )
         )
     recs = [r for r in recs if r.task in tasks]
     if "reverse" in tasks:
         recs.append(
-            Record(f"{term.id}:reverse", term.id, source, "reverse",
-                   f"Which medical term is defined as: {d}", term.name, meta=meta)
+            Record(
+                f"{term.id}:reverse",
+                term.id,
+                source,
+                "reverse",
+                f"Which medical term is defined as: {d}",
+                term.name,
+                meta=meta,
+            )
         )
     return recs
 
@@ -187,8 +209,9 @@ def load_medical_terms(cfg, seed: int) -> SourceResult:
     if not chosen:
         raise DataError("no defined HPO terms in this scope", where="data.sources.medical-terms.branch")
     records = [
-        r for t in chosen for r in term_records(t, "medical-terms", include_comment=cfg.include_comment,
-                                                tasks=cfg.tasks)
+        r
+        for t in chosen
+        for r in term_records(t, "medical-terms", include_comment=cfg.include_comment, tasks=cfg.tasks)
     ]
     from domain_expert.fsutil import sha256_file
 

@@ -15,9 +15,7 @@ from domain_expert.data.records import SourceResult
 from domain_expert.errors import DataError
 
 _OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
-_NO_HUB_FIX = (
-    "download it elsewhere and use a `file` source (JSONL/CSV/Parquet), or pass a local folder as name"
-)
+_NO_HUB_FIX = "download it elsewhere and use a `file` source (JSONL/CSV/Parquet), or pass a local folder as name"
 
 
 def load_hub_source(cfg: HubSource, where: str) -> SourceResult:
@@ -29,9 +27,7 @@ def load_hub_source(cfg: HubSource, where: str) -> SourceResult:
     ds = ds.select_columns(list(dict.fromkeys(cmap.columns.values())))
     rows = ((f"{cfg.name} (split {cfg.split}, row {i})", row) for i, row in enumerate(ds, 1))
     prefix = local.resolve().name if local.exists() else cfg.name.rsplit("/", 1)[-1]
-    records, notes = map_rows(
-        rows, cmap, id_prefix=prefix, source=cfg.name, where=f"{cfg.name} (split {cfg.split})"
-    )
+    records, notes = map_rows(rows, cmap, id_prefix=prefix, source=cfg.name, where=f"{cfg.name} (split {cfg.split})")
     origin = str(local.resolve()) if local.exists() else f"hf:{cfg.name}"
     return SourceResult(
         name=cfg.name,
@@ -100,9 +96,7 @@ def _load_dataset(cfg: HubSource, where: str, *, local: bool):
         # datasets reports a bad split or subset as ValueError, listing the valid values in the message.
         msg = str(e)
         key = "split" if "split" in msg.lower() else "subset" if "config" in msg.lower() else "name"
-        raise DataError(
-            f"cannot load the dataset: {msg}", where=f"{where}.{key}", fix=f"check {where}.{key}"
-        ) from None
+        raise DataError(f"cannot load the dataset: {msg}", where=f"{where}.{key}", fix=f"check {where}.{key}") from None
     except OSError as e:
         if local:
             raise DataError(

