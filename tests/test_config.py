@@ -97,3 +97,14 @@ def test_file_source_needs_a_column_map():
     with pytest.raises(ConfigError) as e:
         load_config(None, ["data.sources=[{kind: file, path: a.csv, columns: {prompt: q}}]"])
     assert "completion" in str(e.value)
+
+
+def test_document_chunks_must_fit_the_sequence_length():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["data.sources=[{kind: documents, path: d, chunk_tokens: 512}]", "train.max_seq_len=256"])
+    assert "chunk_tokens" in str(e.value) and "max_seq_len" in str(e.value)
+
+
+def test_file_source_cannot_map_text_and_prompt():
+    with pytest.raises(ConfigError):
+        load_config(None, ["data.sources=[{kind: file, path: a.csv, columns: {prompt: q, completion: a, text: t}}]"])

@@ -60,6 +60,8 @@ class FileSource(_Strict):
         has_qa = "prompt" in v and "completion" in v
         if not has_qa and "text" not in v:
             raise ValueError("map either both 'prompt' and 'completion', or 'text'")
+        if "text" in v and ("prompt" in v or "completion" in v):
+            raise ValueError("map either prompt/completion (instruction data) or text (raw text), not both")
         return v
 
 
@@ -68,7 +70,7 @@ class DocumentsSource(_Strict):
 
     kind: Literal["documents"] = "documents"
     path: str
-    chunk_tokens: int = Field(512, gt=16, description="tokens per training chunk")
+    chunk_tokens: int = Field(256, gt=16, description="tokens per training chunk (<= train.max_seq_len)")
     overlap_tokens: int = Field(64, ge=0, description="tokens shared by consecutive chunks")
     license: str = "user-provided"
 
@@ -177,6 +179,16 @@ class RunConfig(_Strict):
     export: ExportConfig = Field(default_factory=ExportConfig)
     compare: CompareConfig = Field(default_factory=CompareConfig)
 
+    @model_validator(mode="after")
+    def _chunks_fit(self) -> RunConfig:
+        for i, src in enumerate(self.data.sources):
+            if src.kind == "documents" and src.chunk_tokens > self.train.max_seq_len:
+                raise ValueError(
+                    f"data.sources.{i}.chunk_tokens ({src.chunk_tokens}) exceeds train.max_seq_len "
+                    f"({self.train.max_seq_len}): chunks would be cut in training; lower one or raise the other"
+                )
+        return self
+
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir or f"runs/{self.name}")
@@ -253,7 +265,9 @@ def _format_errors(exc: ValidationError, raw: dict, origin: str) -> str:
             problems.append(f"unknown key '{key}' ({hint})")
         else:
             msg = err["msg"].removeprefix("Value error, ")
-            problems.append(f"'{key}': {msg} (got {err.get('input')!r})")
+            got = err.get("input")
+            shown = "" if isinstance(got, dict) else f" (got {got!r})"  # a whole section is noise, not a hint
+            problems.append(f"'{key}': {msg}{shown}" if key else f"{msg}")
     return f"{origin}: " + "; ".join(problems)
 
 
