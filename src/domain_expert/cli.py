@@ -78,6 +78,25 @@ def cmd_chat(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    from domain_expert import evaluate
+
+    out = evaluate.run(args.run, args.model or None, overrides=args.overrides, out_dir=args.out,
+                       overwrite=args.overwrite)  # fmt: skip
+    from domain_expert.summary import print_verdicts
+
+    print_verdicts(out / "metrics.json")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from domain_expert import report
+
+    out = report.run(args.run, args.out)
+    print(f"[domain-expert] report: {out / 'report.html'} (also report.md, metrics.json)")
+    return 0
+
+
 def cmd_run(args) -> int:
     from domain_expert import pipeline
 
@@ -105,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("prepare", "sources -> train/val/test JSONL + manifest.json", cmd_prepare),
         ("finetune", "LoRA fine-tuning on prepared data", cmd_finetune),
         ("export", "merge the adapter into a plain Hugging Face folder with a model card", cmd_export),
+        ("evaluate", "compare base vs tuned (or any models) on held-out items, with statistics", cmd_evaluate),
+        ("report", "write report.html / report.md from a run's files (no model loaded)", cmd_report),
         ("generate", "answer one question with the tuned (or --base) model", cmd_generate),
         ("chat", "chat in the terminal with the tuned (or --base) model", cmd_chat),
         ("configs", "list the shipped configs", cmd_configs),
@@ -125,6 +146,22 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--out", type=Path, help="output folder (default: <run>/export)")
             sp.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], help="weights dtype (default: config)")
             sp.add_argument("--overwrite", action="store_true")
+        if name == "evaluate":
+            sp.add_argument("run", type=Path, help="run folder")
+            sp.add_argument("overrides", nargs="*", metavar="key=value", help="evaluate.* settings, e.g. max_items=50")
+            sp.add_argument(
+                "--model",
+                action="append",
+                help="model to compare (repeatable; first is the baseline): RUN, RUN:base, a model folder, "
+                "or URL#name for an OpenAI-compatible endpoint; label=SPEC names it. Default: RUN:base and RUN",
+            )
+            sp.add_argument("--out", type=Path, help="output folder (default: <run>/eval)")
+            sp.add_argument(
+                "--overwrite", action="store_true", help="discard an earlier evaluation instead of resuming"
+            )
+        if name == "report":
+            sp.add_argument("run", type=Path, help="run folder with an eval/ folder")
+            sp.add_argument("--out", type=Path, help="output folder (default: <run>/report)")
         if name in ("generate", "chat"):
             sp.add_argument("run", type=Path, help="run folder, its finetune/ or export/ folder, or a model folder")
             if name == "generate":

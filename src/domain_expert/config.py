@@ -163,9 +163,19 @@ class ExportConfig(_Strict):
     )
 
 
-class CompareConfig(_Strict):
-    examples: int = Field(5, ge=0, description="held-out questions answered by base and tuned at the end of run")
-    max_new_tokens: int = Field(96, gt=0)
+class EvalConfig(_Strict):
+    max_items: int | None = Field(120, gt=0, description="held-out questions (and MC items) per model; null = all")
+    # reference definitions average ~25 tokens; 64 leaves room while bounding the untuned base's rambling
+    max_new_tokens: int = Field(64, gt=0)
+    batch_size: int = Field(16, gt=0, description="starting batch; halves on out-of-memory")
+    show_examples: int = Field(6, ge=0, description="base vs tuned answers printed at the end of `run`")
+    mc_choices: int = Field(4, ge=2, description="options per term-recognition question (1 right + distractors)")
+    general_chunks: int = Field(24, ge=0, description="general-English chunks for the forgetting guard; 0 = off")
+    general_tokens: int = Field(128, gt=8)
+    bootstrap_resamples: int = Field(10000, ge=100)
+    seed: int = 0
+    endpoint_retries: int = Field(4, ge=0, description="retries per request to an OpenAI-compatible endpoint")
+    endpoint_timeout_s: float = Field(120, gt=0)
 
 
 class RunConfig(_Strict):
@@ -177,7 +187,7 @@ class RunConfig(_Strict):
     lora: LoraConfig = Field(default_factory=LoraConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
-    compare: CompareConfig = Field(default_factory=CompareConfig)
+    evaluate: EvalConfig = Field(default_factory=EvalConfig)
 
     @model_validator(mode="after")
     def _chunks_fit(self) -> RunConfig:

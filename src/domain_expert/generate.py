@@ -88,7 +88,7 @@ def _adapter_off(lm: LoadedModel, base: bool):
     return contextlib.nullcontext()
 
 
-def generate_batch(
+def generate_detailed(
     lm: LoadedModel,
     prompts: list[str],
     *,
@@ -96,16 +96,17 @@ def generate_batch(
     max_new_tokens: int = 128,
     batch_size: int = 16,
     progress: bool = False,
-) -> list[str]:
-    """Greedy answers, batched with left padding. Stops at EOS; returns text without special tokens."""
+    desc: str | None = None,
+) -> list[dict]:
+    """Greedy answers, batched with left padding: [{"text", "stopped" (EOS before the limit), "tokens"}]."""
     import torch
     from tqdm.auto import tqdm
 
     tok = lm.tokenizer
-    out: list[str] = []
+    out: list[dict] = []
     device = next(lm.model.parameters()).device
     chunks = range(0, len(prompts), batch_size)
-    for b in tqdm(chunks, desc=f"generate {lm.label}", disable=not progress, leave=False):
+    for b in tqdm(chunks, desc=desc or f"generate {lm.label}", disable=not progress, leave=False):
         encoded = [lm.fmt.encode_prompt(tok, p) for p in prompts[b : b + batch_size]]
         width = max(len(e) for e in encoded)
         ids = torch.full((len(encoded), width), tok.pad_token_id, dtype=torch.long)
@@ -122,9 +123,16 @@ def generate_batch(
                 eos_token_id=tok.eos_token_id,
                 pad_token_id=tok.pad_token_id,
             )
-        for row in gen[:, width:]:
-            out.append(tok.decode(row, skip_special_tokens=True).strip())
+        for row in gen[:, width:].tolist():
+            stopped = tok.eos_token_id in row
+            n = row.index(tok.eos_token_id) if stopped else len(row)
+            out.append({"text": tok.decode(row[:n], skip_special_tokens=True).strip(), "stopped": stopped, "tokens": n})
     return out
+
+
+def generate_batch(lm: LoadedModel, prompts: list[str], **kwargs) -> list[str]:
+    """Greedy answers as text (see generate_detailed)."""
+    return [g["text"] for g in generate_detailed(lm, prompts, **kwargs)]
 
 
 def stream_answer(

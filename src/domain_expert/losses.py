@@ -34,3 +34,23 @@ def causal_lm_loss(model, ids, mask, labels, *, reduction: str = "mean"):
     if reduction == "sum":
         return loss, int(keep.sum())
     return loss
+
+
+def sequence_nll(model, ids, mask, labels):
+    """Per-sequence (sum of token NLL, labelled token count) for scoring: reference answers, multiple-choice options,
+    text perplexity. Same selective head as training, so scoring never materialises full-vocabulary logits."""
+    import torch
+    import torch.nn.functional as F
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    target = labels[:, 1:]
+    keep = target != IGNORE
+    if supports_selective_head(base):
+        hidden = base.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+        logits = base.get_output_embeddings()(hidden[:, :-1][keep]).float()
+    else:
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1][keep].float()
+    token_nll = F.cross_entropy(logits, target[keep], reduction="none")
+    rows = torch.arange(ids.shape[0], device=ids.device).unsqueeze(1).expand_as(target)[keep]
+    sums = torch.zeros(ids.shape[0], device=ids.device).index_add_(0, rows, token_nll)
+    return sums.tolist(), keep.sum(dim=1).tolist()

@@ -1,4 +1,5 @@
-"""`domain-expert run`: every stage on one config, into one run folder, then a base-vs-tuned side-by-side."""
+"""`domain-expert run`: every stage on one config, into one run folder, ending with the comparative evaluation and
+its report, a base-vs-tuned side by side, and where everything is."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from domain_expert.fsutil import check_output_dir, write_json_atomic, write_text
 
 
 def run(cfg: RunConfig, *, overwrite: bool = False) -> Path:
-    from domain_expert import compare, export, finetune
+    from domain_expert import evaluate, export, finetune, report
     from domain_expert.data import prepare
     from domain_expert.models import resolve_model
+    from domain_expert.summary import print_verdicts, side_by_side
 
     run_dir = cfg.run_dir
     check_output_dir(run_dir, overwrite)  # before any work: never clobber a previous run by accident
@@ -31,7 +33,7 @@ def run(cfg: RunConfig, *, overwrite: bool = False) -> Path:
     data_dir = timed("prepare", lambda: prepare.run(cfg, run_dir / "data", overwrite=overwrite))
     ft_dir = timed("finetune", lambda: finetune.run(cfg, data_dir, run_dir / "finetune", overwrite=overwrite))
     exp_dir = timed("export", lambda: export.run(ft_dir, run_dir / "export", overwrite=overwrite))
-    rows = timed("compare", lambda: compare.run(run_dir, cfg.compare.examples, cfg.compare.max_new_tokens))
+    eval_dir = timed("evaluate", lambda: evaluate.run(run_dir, overwrite=True))
     total = round(time.time() - t0, 1)
     write_json_atomic(
         run_dir / "run.json",
@@ -40,16 +42,19 @@ def run(cfg: RunConfig, *, overwrite: bool = False) -> Path:
             "seconds": total,
             "stage_seconds": timings,
             "peak_rss_mib": _peak_rss_mib(),
-            "folders": {"data": str(data_dir), "finetune": str(ft_dir), "export": str(exp_dir)},
+            "folders": {"data": str(data_dir), "finetune": str(ft_dir), "export": str(exp_dir), "eval": str(eval_dir)},
         },
     )
-    compare.print_side_by_side(rows)
+    report_dir = report.run(run_dir)  # after run.json, so the report shows the timings
+    side_by_side(eval_dir / "items.jsonl", cfg.evaluate.show_examples)
+    print_verdicts(eval_dir / "metrics.json")
     print(f"""
 [domain-expert] run '{cfg.name}' finished in {total / 60:.1f} min (peak memory {_peak_rss_mib() / 1024:.1f} GiB)
   prepared data   {data_dir}   (manifest.json: sources, licences, hashes)
   adapter         {ft_dir}   (metrics.jsonl, TensorBoard: tensorboard --logdir {ft_dir / "tb"})
   merged model    {exp_dir}   (plain Hugging Face folder + model card)
-  side-by-side    {run_dir / "compare.md"}
+  evaluation      {eval_dir}   (items.jsonl per item, metrics.json)
+  report          {report_dir / "report.html"}   (and report.md)
 Ask it:   domain-expert generate {run_dir} "What is thrombocytopenia?"   (add --base for the untuned model)
 Chat:     domain-expert chat {run_dir}
 Not a clinician: answers can be wrong; not medical advice.""")
