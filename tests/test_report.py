@@ -15,10 +15,10 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from fixtures_report import BIG_GAIN_ID, EVIL_BASE, EVIL_TUNED, build_synthetic_run
 
 from domain_expert import report
 from domain_expert.errors import RunFolderError
+from fixtures_report import BIG_GAIN_ID, EVIL_BASE, EVIL_TUNED, build_synthetic_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -205,11 +205,12 @@ def test_metric_table_shows_the_numbers_from_metrics_json(built):
 
 def test_verdict_summary_comes_first_with_each_metric(built):
     source = (built / "report" / "report.html").read_text(encoding="utf-8")
+    # title, then the not-a-clinician statement, then the verdict summary, then everything else
+    assert source.index("<h1>") < source.index("not a clinician") < source.index('id="verdict"')
+    assert source.index('id="verdict"') < min(source.index(f'<section id="{s}"') for s in ("metrics", "manifest"))
     text = Page(source).all_text()
     start = text.index("Is the tuned model better? On what? How sure?")
-    assert start < text.index("Metric table")
-    assert "not a clinician" in text[:start]  # the disclaimer sits above everything else
-    summary = text[start : text.index("Metric table")]
+    summary = text[start : text.index("Metric table", start)]
     for c in _eval_metrics(built)["comparisons"]:
         ci = f"[{_f3(c['ci_low'], True)}, {_f3(c['ci_high'], True)}]"
         assert f"{c['label']} {c['verdict']} {_f3(c['diff'], True)} 95% CI {ci}" in summary
@@ -303,7 +304,10 @@ def test_missing_metrics_says_run_evaluate(run_dir):
         ("  \n", "is empty"),
         ('{"stage": "evaluate", "models": [', "not valid JSON (line 1"),
         ("[1, 2]", "not an object"),
-        ('{"stage": "evaluate", "models": [{"label": "base"}], "baseline": "base"}', "missing required key(s): comparisons"),
+        (
+            '{"stage": "evaluate", "models": [{"label": "base"}], "baseline": "base"}',
+            "missing required key(s): comparisons",
+        ),
     ],
 )
 def test_corrupted_metrics_json_names_the_file(run_dir, content, expect):
@@ -320,11 +324,37 @@ def test_corrupted_metrics_json_names_the_file(run_dir, content, expect):
 def test_comparison_missing_a_key_is_named(run_dir):
     path = run_dir / "eval" / "metrics.json"
     m = _eval_metrics(run_dir)
-    del m["comparisons"][2]["ci_high"]
+    del m["comparisons"][2]["diff"]
     path.write_text(json.dumps(m), encoding="utf-8")
-    with pytest.raises(RunFolderError, match=r"comparisons\[2\] is missing key\(s\): ci_high"):
+    with pytest.raises(RunFolderError, match=r"comparisons\[2\] is missing key\(s\): diff"):
+        report.run(run_dir)
+    m["comparisons"][2]["diff"] = "0.1"
+    path.write_text(json.dumps(m), encoding="utf-8")
+    with pytest.raises(RunFolderError, match=r"comparisons\[2\]\.diff must be a number, got '0.1'"):
         report.run(run_dir)
     _no_leftovers(run_dir)
+
+
+def test_evaluate_metric_names_and_absent_ci_are_accepted(run_dir):
+    """evaluate.py names two metrics after their item fields (stopped, correct) and may omit the CI of a
+    descriptive metric: the stop-rate and multiple-choice sections still find them, the table shows '—'."""
+    path = run_dir / "eval" / "metrics.json"
+    m = _eval_metrics(run_dir)
+    renames = {"stop_rate": "stopped", "mc_acc": "correct"}
+    for c in m["comparisons"]:
+        c["metric"] = renames.get(c["metric"], c["metric"])
+        if c["metric"] == "answer_tokens":
+            for k in ("ci_low", "ci_high", "pvalue", "test"):
+                del c[k]
+    path.write_text(json.dumps(m), encoding="utf-8")
+    page = Page((report.run(run_dir) / "report.html").read_text(encoding="utf-8"))
+    text = page.all_text()
+    mc = next(c for c in m["comparisons"] if c["metric"] == "correct")
+    assert f"exact McNemar p = {_fp(mc['pvalue'])}" in text
+    stop = next(c for c in m["comparisons"] if c["metric"] == "stopped")
+    assert f"Stop rate: better diff {_f3(stop['diff'], True)}" in text
+    row = next(r for r in page.metric_rows if r[0] == "Answer tokens")
+    assert row[4:7] == ["—", "—", "—"] and row[8] == "n/a"
 
 
 @pytest.mark.parametrize(
@@ -453,6 +483,8 @@ def test_report_renders_in_headless_chromium(built, tmp_path):
         assert colors is None or len(colors) > 50  # text, pills, plots: far from a blank page
         assert rgb.getextrema() != ((255, 255), (255, 255), (255, 255))
         # the verdict pills are rendered in their colours near the top of the page
-        top = rgb.crop((0, 0, 1280, 1000))
-        green = sum(1 for r, g, b in top.getdata() if g > 120 and g > r + 40 and g > b + 40)
-        assert green > 200
+        import numpy as np
+
+        top = np.asarray(rgb.crop((0, 0, 1280, 1000))).astype(int)
+        r, g, b = top[..., 0], top[..., 1], top[..., 2]
+        assert int(((g > 100) & (g > r + 40) & (g > b + 30)).sum()) > 200

@@ -165,8 +165,8 @@ class ExportConfig(_Strict):
 
 class EvalConfig(_Strict):
     max_items: int | None = Field(120, gt=0, description="held-out questions (and MC items) per model; null = all")
-    # reference definitions average ~25 tokens; 64 leaves room while bounding the untuned base's rambling
-    max_new_tokens: int = Field(64, gt=0)
+    # reference definitions average ~25 tokens; 48 leaves room while bounding the untuned base's rambling
+    max_new_tokens: int = Field(48, gt=0)
     batch_size: int = Field(16, gt=0, description="starting batch; halves on out-of-memory")
     show_examples: int = Field(6, ge=0, description="base vs tuned answers printed at the end of `run`")
     mc_choices: int = Field(4, ge=2, description="options per term-recognition question (1 right + distractors)")

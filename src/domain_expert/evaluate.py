@@ -166,6 +166,7 @@ class LocalEngine:
 
     def __init__(self, lm, base: bool, batch_size: int):
         self.lm, self.base, self.batch_size = lm, base, batch_size
+        # with the adapter merged (tuned), nothing must be disabled; for the base, it is switched off per call
         tok = lm.tokenizer
         self.vocab = hashlib.sha256(json.dumps(sorted(tok.get_vocab().items())).encode()).hexdigest()[:16]
 
@@ -264,6 +265,7 @@ def run(run_path: str | Path, models: list[str] | None = None, *, overrides: lis
     state = {"config": cfg.model_dump(), "models": [asdict(s) for s in specs],
              "test_sha256": sha256_file(run_dir / "data" / "test.jsonl")}  # fmt: skip
     _prepare_out(out, state, overwrite)
+    _drop_torn_tail(out / "items.jsonl")
     done = _done_keys(out / "items.jsonl")
     t_all = time.time()
     timings: dict[str, float] = {}
@@ -314,18 +316,29 @@ def _read_rows(path: Path) -> list[dict]:
     rows = []
     if not path.exists():
         return rows
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if n == len(lines):  # a kill mid-write leaves at most a torn last line: it is redone on resume
                 continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                # a kill mid-write leaves at most a partial last line: skip it, it will be redone
-                if f.readline():
-                    raise DataError("corrupted evaluation row", where=f"{path}:{n}",
-                                    fix="delete the eval folder or pass --overwrite") from None  # fmt: skip
+            raise DataError("corrupted evaluation row", where=f"{path}:{n}",
+                            fix="delete the eval folder or pass --overwrite") from None  # fmt: skip
     return rows
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Before appending on resume, cut a torn last line so new rows start on a line of their own."""
+    if not path.exists():
+        return
+    text = path.read_text(encoding="utf-8")
+    if text and not text.endswith("\n"):
+        from domain_expert.fsutil import write_text_atomic
+
+        write_text_atomic(path, text[: text.rfind("\n") + 1])
 
 
 def _engine(spec: ModelSpec, cfg: EvalConfig, cache: dict):
@@ -338,7 +351,17 @@ def _engine(spec: ModelSpec, cfg: EvalConfig, cache: dict):
     if key not in cache:  # RUN and RUN:base share one loaded model: the base is the adapter switched off
         cache[key] = load_for_inference(spec.path)
     lm = cache[key]
-    engine = LocalEngine(lm, base=spec.kind == "run-base", batch_size=cfg.batch_size)
+    base = spec.kind == "run-base"
+    if lm.has_adapter:
+        # Unmerged LoRA halves generation speed on CPU (measured 182 vs 382 tokens/s, batch 16): the tuned model is
+        # scored with its adapter merged into the weights in the inference dtype, i.e. the model `export` ships.
+        # The base must see unmerged weights; the default order (base first) never needs to unmerge.
+        merged = any(getattr(m, "merged", False) for m in lm.model.modules() if hasattr(m, "merged_adapters"))
+        if base and merged:
+            lm.model.unmerge_adapter()
+        elif not base and not merged:
+            lm.model.merge_adapter()
+    engine = LocalEngine(lm, base=base, batch_size=cfg.batch_size)
     cache[f"engine:{spec.label}"] = engine
     return engine
 
@@ -353,7 +376,9 @@ def _eval_model(label, engine, items, cfg: EvalConfig, done, sink, embedder, pro
     from domain_expert.metrics import chrf, rouge_l
 
     def todo(kind):
-        return [it for it in items[kind] if (label, kind, it["id"]) not in done]
+        rest = [it for it in items[kind] if (label, kind, it["id"]) not in done]
+        # batches of similar length waste little on padding (definitions range from 5 to 150+ tokens)
+        return sorted(rest, key=lambda it: len(it.get("prompt") or it.get("question") or it.get("text") or ""))
 
     def emit(row):
         sink.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -50,9 +50,11 @@ METRIC_LABELS = {
     "general_nll": "General-text NLL",
     "domain_nll": "Domain-text NLL",
 }
+# evaluate.py names two metrics after the item field they average; docs/evaluation-format.md uses these names
+METRIC_ALIASES = {"stopped": "stop_rate", "correct": "mc_acc"}
 VERDICT_CLASS = {"better": "better", "worse": "worse", "no detectable difference": "nodiff"}
 REQUIRED_TOP = ("models", "baseline", "comparisons")
-REQUIRED_COMPARISON = ("metric", "base_mean", "tuned_mean", "diff", "ci_low", "ci_high", "verdict")
+REQUIRED_COMPARISON = ("metric", "base_mean", "tuned_mean", "diff", "verdict")  # CI and p-value may be absent
 NUMERIC_COMPARISON = ("base_mean", "tuned_mean", "diff", "ci_low", "ci_high", "pvalue", "n", "dropped")
 NUMERIC_ITEM = ("rougeL", "chrf", "embed_sim", "ref_nll", "answer_tokens", "nll", "tokens")
 EVALUATE_FIX = "run `domain-expert evaluate RUN` first"
@@ -236,7 +238,7 @@ def load_inputs(run_dir: str | Path) -> Inputs:
     inp.export_stage = _optional_json(inp, "export/stage.json")
     inp.train_summary = _optional_json(inp, "finetune/train_summary.json")
     inp.run_json = _optional_json(inp, "run.json")
-    cfg = _read_bytes(inp, run / "config.yaml")
+    cfg = _read_bytes(inp, inp.run_dir / "config.yaml")
     if cfg is not None:
         inp.config_text = cfg.decode("utf-8", errors="replace")
         try:
@@ -302,8 +304,12 @@ def fmt_pct(v: Any) -> str:
     return "—" if _bad(v) else f"{100 * v:.1f}%"
 
 
+def canonical_metric(c: dict) -> str:
+    return METRIC_ALIASES.get(str(c["metric"]), str(c["metric"]))
+
+
 def metric_label(c: dict) -> str:
-    return str(c.get("label") or METRIC_LABELS.get(c["metric"], c["metric"]))
+    return str(c.get("label") or METRIC_LABELS.get(canonical_metric(c), c["metric"]))
 
 
 def verdict_class(v: Any) -> str:
@@ -503,7 +509,7 @@ def _build(inp: Inputs) -> dict:
     pairs = _pairs(m)
     main = pairs[0]
     a, b = main.a, main.b
-    comp = {c["metric"]: c for c in main.comparisons}
+    comp = {canonical_metric(c): c for c in main.comparisons}
     items = inp.items or []
     n_items = m.get("n_items") or {}
     base_model = _get(inp.ft_stage, "base_model") or _get(inp.export_stage, "base_model")
@@ -712,7 +718,7 @@ def _build(inp: Inputs) -> dict:
         f"The base model, {model_name}, is a small model{size}: expect confident, fluent mistakes.",
     ]
     skipped = [
-        {"metric": str(s.get("metric", "?")), "model": str(s.get("model", "—")), "reason": str(s.get("reason", "—"))}
+        {k: str(s.get(k, "?" if k == "metric" else "—")) for k in ("metric", "model", "reason")}
         for s in (m.get("skipped") or [])
         if isinstance(s, dict)
     ]
@@ -731,7 +737,7 @@ def _build(inp: Inputs) -> dict:
         "pairs": summary,
         "counts": counts,
         "headline": headline,
-        "n_items": [(k, fmt_num(v)) for k, v in n_items.items()],
+        "n_items": [(k, fmt_num(v)) for k, v in n_items.items() if v],
         "models": [(str(x["label"]), str(x.get("spec", "—")), str(x.get("kind", "—"))) for x in m["models"]],
         "eval_config": [
             (str(k), json.dumps(v) if not isinstance(v, str) else v) for k, v in (m.get("config") or {}).items()
@@ -839,6 +845,9 @@ th { background:var(--soft); font-weight:600; color:#31363c; }
 th:first-child, td:first-child { text-align:left; }
 td.l, th.l { text-align:left; }
 tr:last-child td { border-bottom:0; }
+table.metrics th, table.metrics td { white-space:nowrap; }
+table.metrics td:first-child { white-space:normal; }
+table.metrics td { vertical-align:middle; }
 table.kv td:first-child { color:var(--muted); width:36%; }
 table.kv td { text-align:left; }
 code, .hash { font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace; font-size:12.5px; }
@@ -876,6 +885,11 @@ HTML_TEMPLATE = """<!DOCTYPE html>
 <style>{{ css }}</style>
 </head>
 <body>
+{% macro kv(rows, prefix="") %}<table class="kv"><tbody>
+{% for k, v in rows %}<tr><td>{{ prefix }}{{ k }}</td><td>{{ v }}</td></tr>{% endfor %}
+</tbody></table>{% endmacro %}
+{% macro two(a_value, b_value) %}<tr><td>{{ r.a }}</td><td>{{ a_value }}</td></tr>
+<tr><td>{{ r.b }}</td><td>{{ b_value }}</td></tr>{% endmacro %}
 <main>
 <header>
   <h1>{{ r.run_name }}: is <em>{{ r.b }}</em> better than <em>{{ r.a }}</em>?</h1>
@@ -905,9 +919,10 @@ check clinical correctness. Do not use these answers for diagnosis or treatment.
   {% for l in pair.lines %}
     <li><span class="name">{{ l.label }}</span>
       <span><span class="pill v-{{ l.cls }}">{{ l.verdict }}</span></span>
-      {% if l.bar %}<span class="cibar" title="mean difference and its 95% CI; the tick is 0"><span class="zero"></span><span
-        class="seg s-{{ l.cls }}" style="left:{{ l.bar.lo }}%;width:{{ l.bar.width }}%"></span><span
-        class="dot s-{{ l.cls }}" style="left:{{ l.bar.mean }}%"></span></span>{% else %}<span></span>{% endif %}
+      {% if l.bar %}<span class="cibar" title="mean difference and its 95% CI; the tick is 0"><span
+        class="zero"></span><span class="seg s-{{ l.cls }}"
+        style="left:{{ l.bar.lo }}%;width:{{ l.bar.width }}%"></span><span class="dot s-{{ l.cls }}"
+        style="left:{{ l.bar.mean }}%"></span></span>{% else %}<span></span>{% endif %}
       <span class="nums"><strong>{{ l.diff }}</strong> <span class="ci">95% CI {{ l.ci }}</span><br>
         <span class="muted small">{{ pair.a }} {{ l.a_mean }} → {{ pair.b }} {{ l.b_mean }} · p = {{ l.p }} ·
         n = {{ l.n }} · {{ l.direction }}</span></span></li>
@@ -936,7 +951,8 @@ check clinical correctness. Do not use these answers for diagnosis or treatment.
     </tbody>
   </table>
   {% endfor %}
-  {% if r.n_items %}<p class="muted small">Items evaluated: {% for k, v in r.n_items %}{{ k }} {{ v }}{% if not loop.last %}, {% endif %}{% endfor %}.
+  {% if r.n_items %}<p class="muted small">Items evaluated:
+  {% for k, v in r.n_items %}{{ k }} {{ v }}{% if not loop.last %}, {% endif %}{% endfor %}.
   diff = {{ r.b }} − {{ r.a }}; items where a score is missing for either model are dropped pairwise.</p>{% endif %}
 </section>
 
@@ -954,17 +970,19 @@ check clinical correctness. Do not use these answers for diagnosis or treatment.
 <section id="examples">
   <h2>Most improved and most regressed answers (by ROUGE-L)</h2>
   {% if r.n_gen_pairs %}
-  {% for title, group, empty in [("Most improved", r.improved, "No item improved."),
-                                 ("Most regressed", r.regressed, "No item regressed.")] %}
+  {% for title, group, empty, cls in [("Most improved", r.improved, "No item improved.", "better"),
+                                      ("Most regressed", r.regressed, "No item regressed.", "worse")] %}
   <h3>{{ title }}</h3>
   {% for it in group %}
   <div class="item">
-    <div class="q">{{ it.question }} <span class="muted small">· item {{ it.id }}</span> <span class="gain pill v-{{ 'better' if title == 'Most improved' else 'worse' }}">ROUGE-L {{ it.diff }}</span></div>
+    <div class="q">{{ it.question }} <span class="muted small">· item {{ it.id }}</span>
+      <span class="gain pill v-{{ cls }}">ROUGE-L {{ it.diff }}</span></div>
     <div class="ref"><span>Reference:</span> {{ it.reference }}</div>
     <div class="sides">
       {% for who, s in [(r.a, it.a), (r.b, it.b)] %}
       <div class="side"><h4>{{ who }}</h4>
-        {% if s.empty %}<p class="answer empty">(empty answer)</p>{% else %}<p class="answer">{{ s.answer }}</p>{% endif %}
+        {% if s.empty %}<p class="answer empty">(empty answer)</p>
+        {% else %}<p class="answer">{{ s.answer }}</p>{% endif %}
         <div class="scores">ROUGE-L {{ s.rougeL }} · embedding {{ s.embed_sim }} · chrF {{ s.chrf }} ·
           {{ s.tokens }} tokens · stopped: {{ s.stopped }}</div></div>
       {% endfor %}
@@ -984,7 +1002,8 @@ check clinical correctness. Do not use these answers for diagnosis or treatment.
     <tbody>{% for s in r.stop_rows %}<tr><td>{{ s.model }}</td><td>{{ s.stop_rate }}</td><td>{{ s.empty }}</td>
       <td>{{ s.tokens }}</td><td>{{ s.n }}</td></tr>{% endfor %}</tbody>
   </table>
-  {% if r.stop_comp %}<p class="small">Stop rate: <span class="pill v-{{ vc(r.stop_comp.verdict) }}">{{ r.stop_comp.verdict }}</span>
+  {% if r.stop_comp %}<p class="small">Stop rate:
+    <span class="pill v-{{ vc(r.stop_comp.verdict) }}">{{ r.stop_comp.verdict }}</span>
     diff {{ fnum(r.stop_comp['diff'], signed=True) }}, 95% CI {{ fci(r.stop_comp.ci_low, r.stop_comp.ci_high) }},
     p = {{ fp(r.stop_comp.get('pvalue')) }} ({{ r.stop_comp.get('test') or "—" }}).</p>{% endif %}
 </section>
@@ -996,11 +1015,12 @@ check clinical correctness. Do not use these answers for diagnosis or treatment.
   language ability, {{ r.b }}'s perplexity rises.</p>
   <table>
     <thead><tr><th>model</th><th>general-text perplexity</th></tr></thead>
-    <tbody><tr><td>{{ r.a }}</td><td>{{ r.forget.a_ppl }}</td></tr><tr><td>{{ r.b }}</td><td>{{ r.forget.b_ppl }}</td></tr></tbody>
+    <tbody>{{ two(r.forget.a_ppl, r.forget.b_ppl) }}</tbody>
   </table>
   <p><span class="pill v-{{ r.forget.cls }}">{{ r.forget.verdict }}</span> {{ r.forget.meaning }}
-  {% if r.forget.comp %}<span class="muted small">Mean token NLL difference {{ fnum(r.forget.comp['diff'], signed=True) }}
-  (95% CI {{ fci(r.forget.comp.ci_low, r.forget.comp.ci_high) }}, p = {{ fp(r.forget.comp.get('pvalue')) }}, n = {{ r.forget.n }} chunks; lower is better).</span>{% endif %}</p>
+  {% if r.forget.comp %}{% set c = r.forget.comp %}<span class="muted small">Mean token NLL difference
+  {{ fnum(c['diff'], signed=True) }} (95% CI {{ fci(c.ci_low, c.ci_high) }}, p = {{ fp(c.get('pvalue')) }},
+  n = {{ r.forget.n }} chunks; lower is better).</span>{% endif %}</p>
   {% else %}<p class="muted">Not available: the evaluation has no general-text comparison.</p>{% endif %}
 </section>
 
@@ -1012,7 +1032,7 @@ check clinical correctness. Do not use these answers for diagnosis or treatment.
   <div class="grid2">
     <table>
       <thead><tr><th>model</th><th>accuracy</th></tr></thead>
-      <tbody><tr><td>{{ r.a }}</td><td>{{ r.mc.a_acc }}</td></tr><tr><td>{{ r.b }}</td><td>{{ r.mc.b_acc }}</td></tr></tbody>
+      <tbody>{{ two(r.mc.a_acc, r.mc.b_acc) }}</tbody>
     </table>
     {% if r.mc.counts %}
     <table>
@@ -1034,13 +1054,15 @@ check clinical correctness. Do not use these answers for diagnosis or treatment.
   <h2>Training</h2>
   {% if imgs.loss %}
   <img class="plot" alt="Training and validation loss" src="data:image/png;base64,{{ imgs.loss }}">
-  {% if r.loss_skipped %}<p class="muted small">{{ r.loss_skipped }} unreadable line(s) of finetune/metrics.jsonl skipped.</p>{% endif %}
+  {% if r.loss_skipped %}<p class="muted small">{{ r.loss_skipped }} unreadable line(s) of finetune/metrics.jsonl
+    skipped.</p>{% endif %}
   {% else %}<p class="muted">Loss curves {{ r.na.loss }}.</p>{% endif %}
   {% if r.training %}
-  <table class="kv"><tbody>{% for k, v in r.training %}<tr><td>{{ k }}</td><td>{{ v }}</td></tr>{% endfor %}</tbody></table>
+  {{ kv(r.training) }}
   {% else %}<p class="muted">Training summary {{ r.na.training }}.</p>{% endif %}
-  {% if r.fidelity %}<p class="small muted">Export fidelity: max |logit diff| {{ fnum(r.fidelity.get('max_abs_logit_diff')) }}
-    (tolerance {{ fnum(r.fidelity.get('tolerance')) }}), argmax agreement {{ fpct(r.fidelity.get('argmax_agreement')) }}.</p>{% endif %}
+  {% if r.fidelity %}{% set f = r.fidelity %}<p class="small muted">Export fidelity: max |logit diff|
+    {{ fnum(f.get('max_abs_logit_diff')) }} (tolerance {{ fnum(f.get('tolerance')) }}), argmax agreement
+    {{ fpct(f.get('argmax_agreement')) }}.</p>{% endif %}
 </section>
 
 <section id="manifest">
@@ -1055,7 +1077,8 @@ check clinical correctness. Do not use these answers for diagnosis or treatment.
   {% else %}<p class="muted">{{ r.na.base_model }}.</p>{% endif %}
   <h3>Models evaluated</h3>
   <table><thead><tr><th>label</th><th class="l">spec</th><th class="l">kind</th></tr></thead>
-    <tbody>{% for l, s, k in r.models %}<tr><td>{{ l }}</td><td class="l"><code>{{ s }}</code></td><td class="l">{{ k }}</td></tr>{% endfor %}</tbody></table>
+    <tbody>{% for l, s, k in r.models %}<tr><td>{{ l }}</td><td class="l"><code>{{ s }}</code></td>
+      <td class="l">{{ k }}</td></tr>{% endfor %}</tbody></table>
   <h3>Data</h3>
   {% if r.sources %}
   {% for s in r.sources %}
@@ -1064,12 +1087,14 @@ check clinical correctness. Do not use these answers for diagnosis or treatment.
     {% if s.scope %}<tr><td>scope</td><td>{{ s.scope }}</td></tr>{% endif %}
     <tr><td>licence</td><td>{{ s.license }}</td></tr>
     <tr><td>records</td><td>{{ s.records }}</td></tr>
-    {% for p, h in s.inputs %}<tr><td>input <code>{{ p }}</code></td><td class="hash">sha256 {{ h }}</td></tr>{% endfor %}
+    {% for p, h in s.inputs %}<tr><td>input <code>{{ p }}</code></td><td class="hash">sha256 {{ h }}</td></tr>
+    {% endfor %}
   </tbody></table>
   {% endfor %}
   {% if r.outputs %}
   <table><thead><tr><th>split file</th><th>records</th><th>groups</th><th class="l">sha256</th></tr></thead>
-    <tbody>{% for n, rec, g, h in r.outputs %}<tr><td>{{ n }}</td><td>{{ rec }}</td><td>{{ g }}</td><td class="l hash">{{ h }}</td></tr>{% endfor %}</tbody></table>
+    <tbody>{% for n, rec, g, h in r.outputs %}<tr><td>{{ n }}</td><td>{{ rec }}</td><td>{{ g }}</td>
+      <td class="l hash">{{ h }}</td></tr>{% endfor %}</tbody></table>
   {% endif %}
   {% if r.split %}<p class="small muted">Split unit: {{ r.split.get('unit') or "—" }}.</p>{% endif %}
   {% if r.manifest_note %}<p class="small muted">{{ r.manifest_note }}</p>{% endif %}
@@ -1078,22 +1103,24 @@ check clinical correctness. Do not use these answers for diagnosis or treatment.
   {% if r.config_text is not none %}
   <details><summary>config.yaml</summary><pre>{{ r.config_text }}</pre></details>
   {% else %}<p class="muted">Config {{ r.na.config }}.</p>{% endif %}
-  {% if r.eval_config %}<table class="kv"><tbody>{% for k, v in r.eval_config %}<tr><td>evaluate: {{ k }}</td><td>{{ v }}</td></tr>{% endfor %}</tbody></table>{% endif %}
+  {% if r.eval_config %}{{ kv(r.eval_config, "evaluate: ") }}{% endif %}
   <div class="grid2">
     <div><h3>Seeds</h3>
-      {% if r.seeds %}<table class="kv"><tbody>{% for k, v in r.seeds %}<tr><td>{{ k }}</td><td>{{ v }}</td></tr>{% endfor %}</tbody></table>
+      {% if r.seeds %}{{ kv(r.seeds) }}
       {% else %}<p class="muted">not available</p>{% endif %}</div>
     <div><h3>Timings</h3>
-      {% if r.timings %}<table class="kv"><tbody>{% for k, v in r.timings %}<tr><td>{{ k }}</td><td>{{ v }}</td></tr>{% endfor %}</tbody></table>
+      {% if r.timings %}{{ kv(r.timings) }}
       {% else %}<p class="muted">{{ r.na.timings }}</p>{% endif %}</div>
   </div>
   <h3>Package versions</h3>
   {% if r.versions %}
   <table><thead><tr><th>package</th><th class="l">at prepare</th><th class="l">at evaluate</th></tr></thead>
-    <tbody>{% for k, p, e in r.versions %}<tr><td>{{ k }}</td><td class="l">{{ p }}</td><td class="l">{{ e }}</td></tr>{% endfor %}</tbody></table>
+    <tbody>{% for k, p, e in r.versions %}<tr><td>{{ k }}</td><td class="l">{{ p }}</td><td class="l">{{ e }}</td>
+      </tr>{% endfor %}</tbody></table>
   {% else %}<p class="muted">not available</p>{% endif %}
   <details><summary>Input files and their sha256</summary>
-    <table><tbody>{% for p, h in r.inputs %}<tr><td><code>{{ p }}</code></td><td class="l hash">{{ h }}</td></tr>{% endfor %}</tbody></table>
+    <table><tbody>{% for p, h in r.inputs %}<tr><td><code>{{ p }}</code></td><td class="l hash">{{ h }}</td></tr>
+    {% endfor %}</tbody></table>
   </details>
 </section>
 
@@ -1103,7 +1130,8 @@ check clinical correctness. Do not use these answers for diagnosis or treatment.
   <h3>Skipped metrics</h3>
   {% if r.skipped %}
   <table><thead><tr><th>metric</th><th class="l">model</th><th class="l">reason</th></tr></thead>
-    <tbody>{% for s in r.skipped %}<tr><td>{{ s.metric }}</td><td class="l">{{ s.model }}</td><td class="l">{{ s.reason }}</td></tr>{% endfor %}</tbody></table>
+    <tbody>{% for s in r.skipped %}<tr><td>{{ s.metric }}</td><td class="l">{{ s.model }}</td>
+      <td class="l">{{ s.reason }}</td></tr>{% endfor %}</tbody></table>
   {% else %}<p class="muted">None: every metric was computed.</p>{% endif %}
 </section>
 
@@ -1164,7 +1192,8 @@ def render_md(r: dict, images: dict[str, bytes | None]) -> str:
         for ln in pair["lines"]:
             L.append(
                 f"- **{_md(ln['label'])}**: **{ln['verdict']}** — {ln['diff']} (95% CI {ln['ci']}), p = {ln['p']}, "
-                f"n = {ln['n']} · {_md(pair['a'])} {ln['a_mean']} → {_md(pair['b'])} {ln['b_mean']} ({ln['direction']})"
+                f"n = {ln['n']} · {_md(pair['a'])} {ln['a_mean']} → {_md(pair['b'])} {ln['b_mean']} "
+                f"({ln['direction']})"
             )
         L.append("")
     L += [
@@ -1182,7 +1211,17 @@ def render_md(r: dict, images: dict[str, bytes | None]) -> str:
         L += _table(
             ["metric", f"{pair['a']} mean", f"{pair['b']} mean", "diff", "95% CI", "p-value", "test", "n", "verdict"],
             [
-                [x["label"], x["a_mean"], x["b_mean"], x["diff"], x["ci"], x["p"], x["test"], x["n"], x["verdict"]]
+                [
+                    x["label"],
+                    x["a_mean"],
+                    x["b_mean"],
+                    x["diff"],
+                    _Raw(x["ci"]),
+                    x["p"],
+                    x["test"],
+                    x["n"],
+                    x["verdict"],
+                ]
                 for x in pair["lines"]
             ],
         )
@@ -1244,7 +1283,8 @@ def render_md(r: dict, images: dict[str, bytes | None]) -> str:
     if sc:
         L += [
             f"Stop rate: **{sc.get('verdict')}**, diff {fmt_num(sc.get('diff'), signed=True)}, 95% CI "
-            f"{fmt_ci(sc.get('ci_low'), sc.get('ci_high'))}, p = {fmt_p(sc.get('pvalue'))} ({sc.get('test') or '—'}).",
+            f"{fmt_ci(sc.get('ci_low'), sc.get('ci_high'))}, p = {fmt_p(sc.get('pvalue'))} "
+            f"({sc.get('test') or '—'}).",
             "",
         ]
 
