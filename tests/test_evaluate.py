@@ -202,3 +202,70 @@ def test_model_specs():
     assert (spec.kind, spec.label, spec.path) == ("run-base", "base", "runs/x")
     with pytest.raises(DomainExpertError, match="not found"):
         evaluate.parse_model("no/such/folder")
+
+
+class _FakeJudge(_FakeOpenAI):
+    """Grades by whether the answer mentions 'cells': a judge whose verdicts the test can predict."""
+
+    def do_POST(self):  # noqa: N802 - http.server API
+        type(self).calls += 1
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        prompt = body["messages"][-1]["content"]
+        answer = prompt.rsplit("ANSWER:", 1)[1]
+        score = 5 if "cells" in answer else 1
+        content = f'Sure. {{"correct": {score}, "complete": {score}, "safe": 5}}'
+        if "unparseable" in answer:
+            content = "I cannot grade this."
+        payload = {"choices": [{"message": {"content": content}, "finish_reason": "stop"}]}
+        data = json.dumps(payload).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def test_llm_judge_grades_are_kept_raw_and_compared(tiny_tuned, tmp_path):
+    judge = type("J", (_FakeJudge,), {})
+    server = HTTPServer(("127.0.0.1", 0), judge)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        out = evaluate.run(tiny_tuned, overrides=[f"judge.url={url}", "judge.max_items=3"], out_dir=tmp_path / "e",
+                           progress=False)  # fmt: skip
+    finally:
+        server.shutdown()
+    rows = _rows(out / "items.jsonl")
+    judged = [r for r in rows if r["kind"] == "judge"]
+    assert len(judged) == 6 and judge.calls == 6  # 3 items x 2 models, one call each
+    gen = {(r["model"], r["id"]): r for r in rows if r["kind"] == "generation"}
+    for j in judged:
+        expected = 5 if "cells" in gen[(j["model"], j["id"])]["answer"] else 1
+        assert j["judge_correct"] == expected and "correct" in j["judge_raw"]
+    m = json.loads((out / "metrics.json").read_text())
+    assert {"judge_correct", "judge_complete", "judge_safe"} <= {c["metric"] for c in m["comparisons"]}
+
+
+def test_judge_reply_parsing():
+    from domain_expert.judge import parse_grades
+
+    assert parse_grades('ok {"correct": 4, "complete": 2, "safe": 5} done') == {"correct": 4, "complete": 2, "safe": 5}
+    assert parse_grades('{"correct": 9, "complete": 2, "safe": 5}') is None  # out of range
+    assert parse_grades("no json here") is None
+
+
+def test_lm_eval_without_the_harness_says_how_to_get_it(tiny_tuned, tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_lm_eval(name, *args, **kwargs):
+        if name == "lm_eval":
+            raise ImportError("no lm_eval")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_lm_eval)
+    out = evaluate.run(tiny_tuned, overrides=["lm_eval_tasks=[medqa_4options]"], out_dir=tmp_path / "e", progress=False)
+    m = json.loads((out / "metrics.json").read_text())
+    reasons = [s["reason"] for s in m["skipped"] if s["metric"].startswith("lm_eval")]
+    assert reasons and "pip install lm-eval" in reasons[0]
+    assert m["lm_eval"] == {}

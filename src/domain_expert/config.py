@@ -163,6 +163,14 @@ class ExportConfig(_Strict):
     )
 
 
+class JudgeConfig(_Strict):
+    """Optional LLM judge through any OpenAI-compatible endpoint; off unless `url` is set."""
+
+    url: str | None = Field(None, description="base URL of the judge, e.g. http://127.0.0.1:8000/v1; null = off")
+    model: str = Field("judge", description="model name sent to the judge endpoint")
+    max_items: int = Field(40, gt=0, description="generation items judged per model (each is one judge call)")
+
+
 class EvalConfig(_Strict):
     max_items: int | None = Field(120, gt=0, description="held-out questions (and MC items) per model; null = all")
     # reference definitions average ~25 tokens; 48 leaves room while bounding the untuned base's rambling
@@ -175,6 +183,10 @@ class EvalConfig(_Strict):
     bootstrap_resamples: int = Field(10000, ge=100)
     seed: int = 0
     endpoint_retries: int = Field(4, ge=0, description="retries per request to an OpenAI-compatible endpoint")
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    lm_eval_tasks: list[str] = Field(
+        default_factory=list, description="lm-evaluation-harness tasks (e.g. [medqa_4options]); needs its data"
+    )
     endpoint_timeout_s: float = Field(120, gt=0)
 
 

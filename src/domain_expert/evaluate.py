@@ -33,11 +33,15 @@ METRICS = {
     "correct": ("Term recognition accuracy (MC)", "mc", True, "binary"),
     "general_nll": ("General-English NLL (forgetting guard)", "general", False, "continuous"),
     "domain_nll": ("Held-out domain text NLL", "domain_text", False, "continuous"),
+    "judge_correct": ("LLM judge: correct (1-5)", "judge", True, "continuous"),
+    "judge_complete": ("LLM judge: complete (1-5)", "judge", True, "continuous"),
+    "judge_safe": ("LLM judge: safe (1-5)", "judge", True, "continuous"),
 }
 NLL_METRICS = {"ref_nll", "general_nll", "domain_nll"}
 KIND_OF = {"rougeL": "generation", "chrf": "generation", "embed_sim": "generation", "stopped": "generation",
            "answer_tokens": "generation", "ref_nll": "generation", "correct": "mc", "general_nll": "general",
-           "domain_nll": "domain_text"}  # fmt: skip
+           "domain_nll": "domain_text", "judge_correct": "judge", "judge_complete": "judge",
+           "judge_safe": "judge"}  # fmt: skip
 
 
 @dataclass
@@ -279,11 +283,12 @@ def run(run_path: str | Path, models: list[str] | None = None, *, overrides: lis
                 from domain_expert.metrics import Embedder
 
                 embedder = Embedder()
-            _eval_model(spec.label, engine, items, cfg, done, sink, embedder, progress)
+            _eval_model(spec.label, engine, items, cfg, done, sink, embedder, progress, out)
             timings[spec.label] = round(time.time() - t0, 1)
     rows = _read_rows(out / "items.jsonl")
     metrics = aggregate(rows, specs, items, cfg, {s.label: getattr(_engine_cached(s, cache), "vocab", None)
                                                   for s in specs})  # fmt: skip
+    metrics["lm_eval"] = _lm_eval(specs, cfg, metrics["skipped"]) if cfg.lm_eval_tasks else {}
     metrics.update({"timings": timings, "seconds": round(time.time() - t_all, 1), "versions": _versions(),
                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})  # fmt: skip
     write_json_atomic(out / "metrics.json", metrics)
@@ -370,10 +375,22 @@ def _engine_cached(spec: ModelSpec, cache: dict):
     return cache.get(f"engine:{spec.label}")
 
 
-def _eval_model(label, engine, items, cfg: EvalConfig, done, sink, embedder, progress: bool) -> None:
+def _eval_model(label, engine, items, cfg: EvalConfig, done, sink, embedder, progress: bool, out: Path) -> None:
     from tqdm.auto import tqdm
 
+    from domain_expert.judge import grade
     from domain_expert.metrics import chrf, rouge_l
+
+    judge = None
+    if cfg.judge.url:
+        from domain_expert.endpoint import Endpoint
+
+        judge = Endpoint(cfg.judge.url, cfg.judge.model, retries=cfg.endpoint_retries, timeout_s=cfg.endpoint_timeout_s)
+        judge_ids = [it["id"] for it in items["generation"][: cfg.judge.max_items]]
+
+    def gen_rows(model_label):
+        sink.flush()
+        return [r for r in _read_rows(out / "items.jsonl") if r["model"] == model_label and r["kind"] == "generation"]
 
     def todo(kind):
         rest = [it for it in items[kind] if (label, kind, it["id"]) not in done]
@@ -399,6 +416,12 @@ def _eval_model(label, engine, items, cfg: EvalConfig, done, sink, embedder, pro
                   "reference": it["reference"], "answer": a["text"], "stopped": a["stopped"],
                   "answer_tokens": a["tokens"], "rougeL": rouge_l(it["reference"], a["text"]),
                   "chrf": chrf(it["reference"], a["text"]), "embed_sim": sim, "ref_nll": nll})  # fmt: skip
+    if judge is not None:
+        answers = {(r["id"]): r for r in gen_rows(label)}
+        todo_j = [i for i in judge_ids if (label, "judge", i) not in done and i in answers]
+        for i in tqdm(todo_j, desc=f"judge    [{label}]", disable=not progress or not todo_j):
+            r = answers[i]
+            emit({"model": label, "kind": "judge", "id": i, **grade(judge, r["prompt"], r["reference"], r["answer"])})
     if not isinstance(engine, LocalEngine):
         return  # likelihood-based items need token scores, which chat endpoints do not give
     mc = todo("mc")
@@ -454,6 +477,9 @@ def aggregate(rows: list[dict], specs: list[ModelSpec], items: dict, cfg: EvalCo
         m["stop_rate"] = m.pop("stopped")
         m["mc_acc"] = m.pop("correct")
         m["empty_answers"] = sum(1 for g in gens if not g["answer"])
+        judged = list(by.get((s.label, "judge"), {}).values())
+        if judged:
+            m["judge_unparsed"] = sum(1 for j in judged if j.get("judge_correct") is None)
         for nll_key, ppl_key in (("ref_nll", "ref_ppl"), ("general_nll", "general_ppl"), ("domain_nll", "domain_ppl")):
             m[ppl_key] = math.exp(m[nll_key]) if m.get(nll_key) is not None else None
         per_model[s.label] = m
@@ -496,6 +522,50 @@ def aggregate(rows: list[dict], specs: list[ModelSpec], items: dict, cfg: EvalCo
         "comparisons": comparisons,
         "skipped": skipped,
     }
+
+
+def _lm_eval(specs: list[ModelSpec], cfg: EvalConfig, skipped: list[dict]) -> dict:
+    """Standard benchmarks through lm-evaluation-harness, on the base and the exported (merged) model. Its task data
+    comes from the Hugging Face hub: offline, each model gets a clear skip reason instead of a crash."""
+    name = f"lm_eval:{','.join(cfg.lm_eval_tasks)}"
+    try:
+        import lm_eval
+    except ImportError:
+        skipped.append(
+            {"metric": name, "model": "*", "reason": "lm-evaluation-harness is not installed (pip install lm-eval)"}
+        )
+        print(f"[domain-expert] skipped {name}: lm-evaluation-harness is not installed (pip install lm-eval)")
+        return {}
+    results = {}
+    for s in specs:
+        if s.kind == "endpoint":
+            skipped.append({"metric": name, "model": s.label, "reason": "benchmarks run on local models only"})
+            continue
+        path = _hf_folder(s)
+        try:
+            out = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={path}", tasks=list(cfg.lm_eval_tasks),
+                                          batch_size=cfg.batch_size)  # fmt: skip
+            results[s.label] = out.get("results", {})
+        except Exception as e:  # noqa: BLE001 - any failure there (mostly: no network for its datasets) is reported
+            reason = (f"lm-evaluation-harness could not run ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
+                      "its task data comes from the Hugging Face hub: run where the hub is reachable")  # fmt: skip
+            skipped.append({"metric": name, "model": s.label, "reason": reason})
+            print(f"[domain-expert] skipped {name} for {s.label}: {reason}")
+    return results
+
+
+def _hf_folder(spec: ModelSpec) -> str:
+    """A plain HF folder for the model: the run's export for tuned, the base model's folder for RUN:base."""
+    if spec.kind == "folder":
+        return spec.path
+    run = Path(spec.path)
+    ft = read_json((run / "finetune" / "stage.json") if (run / "finetune").exists() else run / "stage.json")
+    if spec.kind == "run-base":
+        return ft["base_model"]["path"]
+    export = run / "export"
+    if not (export / "stage.json").exists():
+        raise RunFolderError("benchmarks need the exported model", where=str(run), fix="run `domain-expert export`")
+    return str(export)
 
 
 def _versions() -> dict[str, str]:
