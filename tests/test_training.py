@@ -80,3 +80,19 @@ def test_lr_schedule_warmup_cosine_and_time_budget():
     assert mid == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
     # halfway through the time budget but only 20% of steps: time wins
     assert lr_factor(28, 100, 10, 50, 100) == pytest.approx(mid)
+
+
+def test_sequence_nll_sums_match_per_sequence_losses(tiny_model_dir, tok):
+    from transformers import AutoModelForCausalLM
+
+    from domain_expert.losses import sequence_nll
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    fmt = PromptFormat("chat", None)
+    recs = [Record(str(i), "g", "s", "define", f"What is term {i}?", "An answer " * (i + 1)) for i in range(3)]
+    exs, _ = encode_records(recs, fmt, tok, 128)
+    sums, counts = sequence_nll(model, *collate(exs, tok.pad_token_id))
+    for ex, s, n in zip(exs, sums, counts, strict=True):
+        one = collate([ex], tok.pad_token_id)
+        assert n == len(ex.ids) - ex.start
+        assert s / n == pytest.approx(float(model(input_ids=one[0], labels=one[2]).loss), rel=1e-4)

@@ -15,13 +15,8 @@ def supports_selective_head(model) -> bool:
     return getattr(cfg, "final_logit_softcapping", None) is None and not hasattr(cfg, "logit_scale")
 
 
-def causal_lm_loss(model, ids, mask, labels, *, reduction: str = "mean"):
-    """Next-token cross-entropy over labelled positions. `model` is a (PEFT-wrapped) causal LM.
-
-    With reduction="sum" returns (sum of token losses, token count) for token-weighted averages.
-    """
-    import torch.nn.functional as F
-
+def labelled_logits(model, ids, mask, labels):
+    """(fp32 logits at labelled positions [N, vocab], their targets [N], keep mask [B, T-1]) for next-token loss."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     target = labels[:, 1:]
     keep = target != IGNORE
@@ -30,10 +25,20 @@ def causal_lm_loss(model, ids, mask, labels, *, reduction: str = "mean"):
         logits = base.get_output_embeddings()(hidden[:, :-1][keep]).float()
     else:
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1][keep].float()
-    loss = F.cross_entropy(logits, target[keep], reduction="sum" if reduction == "sum" else "mean")
+    return logits, target[keep], keep
+
+
+def causal_lm_loss(model, ids, mask, labels, *, reduction: str = "mean"):
+    """Next-token cross-entropy over labelled positions. `model` is a (PEFT-wrapped) causal LM.
+
+    With reduction="sum" returns (sum of token losses, token count) for token-weighted averages.
+    """
+    import torch.nn.functional as F
+
+    logits, target, keep = labelled_logits(model, ids, mask, labels)
     if reduction == "sum":
-        return loss, int(keep.sum())
-    return loss
+        return F.cross_entropy(logits, target, reduction="sum"), int(keep.sum())
+    return F.cross_entropy(logits, target)
 
 
 def sequence_nll(model, ids, mask, labels):
@@ -42,15 +47,8 @@ def sequence_nll(model, ids, mask, labels):
     import torch
     import torch.nn.functional as F
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    target = labels[:, 1:]
-    keep = target != IGNORE
-    if supports_selective_head(base):
-        hidden = base.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
-        logits = base.get_output_embeddings()(hidden[:, :-1][keep]).float()
-    else:
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1][keep].float()
-    token_nll = F.cross_entropy(logits, target[keep], reduction="none")
-    rows = torch.arange(ids.shape[0], device=ids.device).unsqueeze(1).expand_as(target)[keep]
+    logits, target, keep = labelled_logits(model, ids, mask, labels)
+    token_nll = F.cross_entropy(logits, target, reduction="none")
+    rows = torch.arange(ids.shape[0], device=ids.device).unsqueeze(1).expand_as(keep)[keep]
     sums = torch.zeros(ids.shape[0], device=ids.device).index_add_(0, rows, token_nll)
     return sums.tolist(), keep.sum(dim=1).tolist()
