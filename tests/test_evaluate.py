@@ -269,3 +269,24 @@ def test_lm_eval_without_the_harness_says_how_to_get_it(tiny_tuned, tmp_path, mo
     reasons = [s["reason"] for s in m["skipped"] if s["metric"].startswith("lm_eval")]
     assert reasons and "pip install lm-eval" in reasons[0]
     assert m["lm_eval"] == {}
+
+
+def test_out_of_memory_halves_the_batch_and_retries():
+    seen = []
+
+    def fn(items, bs):
+        seen.append(bs)
+        if bs > 4:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return [x * 2 for x in items]
+
+    engine = evaluate.LocalEngine.__new__(evaluate.LocalEngine)
+    engine.batch_size = 16
+    assert engine._backoff(fn, [1, 2, 3]) == [2, 4, 6]
+    assert seen == [16, 8, 4] and engine.batch_size == 4
+
+    def other_error(items, bs):
+        raise RuntimeError("shape mismatch")
+
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        engine._backoff(other_error, [1])

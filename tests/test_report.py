@@ -353,8 +353,21 @@ def test_evaluate_metric_names_and_absent_ci_are_accepted(run_dir):
     assert f"exact McNemar p = {_fp(mc['pvalue'])}" in text
     stop = next(c for c in m["comparisons"] if c["metric"] == "stopped")
     assert f"Stop rate: better diff {_f3(stop['diff'], True)}" in text
-    row = next(r for r in page.metric_rows if r[0] == "Answer tokens")
+    tokens = next(c for c in m["comparisons"] if c["metric"] == "answer_tokens")
+    row = next(r for r in page.metric_rows if r[0] == tokens["label"])
     assert row[4:7] == ["—", "—", "—"] and row[8] == "n/a"
+
+
+def test_metric_names_come_from_metrics_json_labels_else_keys(run_dir):
+    """The labels are evaluate.py's (each comparison's "label"); a comparison without one shows its metric key."""
+    path = run_dir / "eval" / "metrics.json"
+    m = _eval_metrics(run_dir)
+    del m["comparisons"][1]["label"]
+    path.write_text(json.dumps(m), encoding="utf-8")
+    page = Page((report.run(run_dir) / "report.html").read_text(encoding="utf-8"))
+    names = [r[0] for r in page.metric_rows[1:]]
+    assert names == [c.get("label", c["metric"]) for c in m["comparisons"]]
+    assert names[1] == m["comparisons"][1]["metric"]
 
 
 @pytest.mark.parametrize(
