@@ -96,3 +96,39 @@ def test_sequence_nll_sums_match_per_sequence_losses(tiny_model_dir, tok):
         one = collate([ex], tok.pad_token_id)
         assert n == len(ex.ids) - ex.start
         assert s / n == pytest.approx(float(model(input_ids=one[0], labels=one[2]).loss), rel=1e-4)
+
+
+def test_split_by_tokens_bounds_padded_size_and_keeps_every_row():
+    from domain_expert.batching import split_by_tokens
+
+    lengths = [10, 200, 50, 256, 30, 120, 90, 5]
+    batch = list(range(8))
+    micro = split_by_tokens(batch, lengths, 300)
+    assert sorted(i for mb in micro for i in mb) == batch
+    for mb in micro:
+        assert max(lengths[i] for i in mb) * len(mb) <= 300 or len(mb) == 1
+    assert split_by_tokens(batch, lengths, None) == [batch]
+    assert len(split_by_tokens(batch, lengths, 10_000)) == 1
+
+
+def test_token_split_does_not_change_the_step(tiny_model_dir, tok):
+    """Accumulating micro-batches gives the same gradient as one big batch (loss normalised per step)."""
+    from transformers import AutoModelForCausalLM
+
+    from domain_expert.batching import split_by_tokens
+
+    fmt = PromptFormat("chat", None)
+    recs = [Record(str(i), "g", "s", "define", f"What is term {i}?", "An answer " * (i + 1)) for i in range(6)]
+    exs, _ = encode_records(recs, fmt, tok, 128)
+    lengths = [len(e.ids) for e in exs]
+
+    def grads(max_tokens):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+        n_lab = sum(len(e.ids) - e.start for e in exs)
+        for mb in split_by_tokens(list(range(6)), lengths, max_tokens):
+            s, _ = causal_lm_loss(model, *collate([exs[i] for i in mb], tok.pad_token_id), reduction="sum")
+            (s / n_lab).backward()
+        return model.model.layers[0].self_attn.q_proj.weight.grad.clone()
+
+    assert torch.allclose(grads(None), grads(max(lengths) * 2), atol=1e-6)

@@ -66,3 +66,22 @@ def collate(examples: list[Example], pad_id: int):
         mask[i, :n] = 1
         labels[i, e.start : n] = ids[i, e.start : n]
     return ids, mask, labels
+
+
+def split_by_tokens(batch: list[int], lengths: list[int], max_tokens: int | None) -> list[list[int]]:
+    """Split one batch into micro-batches whose padded size (rows x longest row) stays within max_tokens.
+    Rows are taken longest first so each micro-batch pads little; a single over-long row is its own micro-batch."""
+    if not max_tokens:
+        return [batch]
+    rows = sorted(batch, key=lambda i: lengths[i], reverse=True)
+    out: list[list[int]] = []
+    cur: list[int] = []
+    for i in rows:
+        width = lengths[cur[0]] if cur else lengths[i]  # rows are sorted: the first is the widest
+        if cur and width * (len(cur) + 1) > max_tokens:
+            out.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        out.append(cur)
+    return out

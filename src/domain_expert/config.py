@@ -140,6 +140,12 @@ class TrainConfig(_Strict):
     batch_size: int = Field(16, gt=0, description="sequences per micro-batch")
     grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
     max_seq_len: int = Field(256, gt=8, description="longer records are truncated (counted in the manifest)")
+    max_batch_tokens: int | None = Field(
+        2048,
+        gt=0,
+        description="padded tokens per forward pass; a longer batch runs as several accumulated passes, so the "
+        "step is the same but peak memory is bounded (activations are ~1.7 MB/token on SmolLM2 with LoRA)",
+    )
     eval_every: int = Field(40, gt=0, description="optimizer steps between validation passes")
     save_every: int = Field(100, gt=0, description="optimizer steps between checkpoints")
     max_val_batches: int | None = Field(4, gt=0, description="cap validation cost per pass; null = full val set")

@@ -51,7 +51,7 @@ def run(cfg: RunConfig, data_dir: str | Path, out_dir: str | Path, *, overwrite:
     import torch
     from tqdm.auto import tqdm
 
-    from domain_expert.batching import collate, encode_records, length_grouped_batches
+    from domain_expert.batching import collate, encode_records, length_grouped_batches, split_by_tokens
     from domain_expert.data.records import read_records
     from domain_expert.hardware import dtype_name, resolve_device, resolve_dtype
     from domain_expert.losses import causal_lm_loss
@@ -164,7 +164,8 @@ def run(cfg: RunConfig, data_dir: str | Path, out_dir: str | Path, *, overwrite:
             group = batches[b0 : b0 + t_cfg.grad_accum]
             n_lab = sum(sum(len(train[i].ids) - max(1, train[i].start) for i in b) for b in group)
             loss_sum = 0.0
-            for b in group:
+            micro = [mb for b in group for mb in split_by_tokens(b, lengths, t_cfg.max_batch_tokens)]
+            for b in micro:
                 ids, mask, labels = (t.to(device) for t in collate([train[i] for i in b], tokenizer.pad_token_id))
                 s, n = causal_lm_loss(model, ids, mask, labels, reduction="sum")
                 # normalise by the labelled tokens of the whole accumulated step: token-weighted, not batch-weighted
