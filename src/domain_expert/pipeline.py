@@ -26,6 +26,7 @@ def run(cfg: RunConfig, *, overwrite: bool = False) -> Path:
         t = time.time()
         result = fn()
         timings[name] = round(time.time() - t, 1)
+        _release_memory()
         return result
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -59,6 +60,19 @@ Ask it:   domain-expert generate {run_dir} "What is thrombocytopenia?"   (add --
 Chat:     domain-expert chat {run_dir}
 Not a clinician: answers can be wrong; not medical advice.""")
     return run_dir
+
+
+def _release_memory() -> None:
+    """Stages run in one process: hand the previous stage's freed heap back to the OS, so the next stage does not
+    stack its peak on top of it (glibc keeps freed arenas otherwise)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        pass
 
 
 def _peak_rss_mib() -> float:
