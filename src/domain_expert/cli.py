@@ -97,6 +97,19 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    import os
+
+    from domain_expert.serve import serve
+
+    # the key comes from the flag or the environment; prefer the environment (flags end up in shell history)
+    api_key = args.api_key or os.environ.get("DOMAIN_EXPERT_API_KEY") or None
+    print(f"[domain-expert] serving {args.run} on http://{args.host}:{args.port}/v1 (OpenAI-compatible)"
+          + (" with API key" if api_key else ""), flush=True)  # fmt: skip
+    serve(args.run, host=args.host, port=args.port, api_key=api_key, max_queue=args.max_queue)
+    return 0
+
+
 def cmd_run(args) -> int:
     from domain_expert import pipeline
 
@@ -126,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("export", "merge the adapter into a plain Hugging Face folder with a model card", cmd_export),
         ("evaluate", "compare base vs tuned (or any models) on held-out items, with statistics", cmd_evaluate),
         ("report", "write report.html / report.md from a run's files (no model loaded)", cmd_report),
+        ("serve", "OpenAI-compatible server for the tuned model and its base (<name>:base)", cmd_serve),
         ("generate", "answer one question with the tuned (or --base) model", cmd_generate),
         ("chat", "chat in the terminal with the tuned (or --base) model", cmd_chat),
         ("configs", "list the shipped configs", cmd_configs),
@@ -162,6 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "report":
             sp.add_argument("run", type=Path, help="run folder with an eval/ folder")
             sp.add_argument("--out", type=Path, help="output folder (default: <run>/report)")
+        if name == "serve":
+            sp.add_argument("run", type=Path, help="run folder, its finetune/ or export/ folder, or a model folder")
+            sp.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+            sp.add_argument("--port", type=int, default=8000)
+            sp.add_argument("--api-key", help="require Authorization: Bearer KEY (or set DOMAIN_EXPERT_API_KEY)")
+            sp.add_argument("--max-queue", type=int, default=16, help="waiting requests beyond this get HTTP 429")
         if name in ("generate", "chat"):
             sp.add_argument("run", type=Path, help="run folder, its finetune/ or export/ folder, or a model folder")
             if name == "generate":

@@ -1,0 +1,56 @@
+"""`domain-expert serve`: an OpenAI-compatible HTTP server over a run folder (tuned model and, for a LoRA run, its
+base as `<name>:base`). Binds 127.0.0.1 unless told otherwise: put it behind a proxy and set an API key before
+exposing it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from domain_expert.serve.app import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_PROMPT_TOKENS,
+    DEFAULT_MAX_TOKENS_LIMIT,
+    create_app,
+)
+from domain_expert.serve.engine import Engine, GenerationRequest, GenerationResult, TransformersEngine
+
+__all__ = ["Engine", "GenerationRequest", "GenerationResult", "TransformersEngine", "create_app", "serve", "model_name"]
+
+
+def model_name(run_path: str | Path) -> str:
+    """The served model id: the run folder's name (runs/<name>, or <name> when given its finetune/ or export/)."""
+    path = Path(run_path).resolve()
+    return path.parent.name if path.name in ("finetune", "export") else path.name
+
+
+def serve(
+    run_path: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    *,
+    name: str | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    max_queue: int = 16,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS,
+    max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT,
+) -> None:
+    import uvicorn
+
+    from domain_expert.generate import load_for_inference
+
+    lm = load_for_inference(run_path, device=device, dtype=dtype)
+    engine = TransformersEngine(lm, name or model_name(run_path), max_queue=max_queue)
+    app = create_app(
+        engine,
+        api_key=api_key,
+        max_body_bytes=max_body_bytes,
+        max_prompt_tokens=max_prompt_tokens,
+        max_tokens_limit=max_tokens_limit,
+    )
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="info")
+    finally:
+        engine.close()
