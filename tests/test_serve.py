@@ -402,3 +402,13 @@ def test_serve_binds_localhost_by_default(tiny_tuned, monkeypatch):
     assert c.get("/health").status_code == 200 and c.get("/v1/models").status_code == 401
     ids = [m["id"] for m in c.get("/v1/models", headers={"Authorization": f"Bearer {KEY}"}).json()["data"]]
     assert ids == [tiny_tuned.name, tiny_tuned.name + ":base"]
+
+
+def test_sagemaker_ping_and_invocations():
+    c = client_for(api_key=KEY)
+    assert c.get("/ping").status_code == 200  # the platform's health check needs no key
+    assert_error(c.post("/invocations", json=chat()), 401)
+    r = c.post("/invocations", json=chat(temperature=0), headers={"Authorization": f"Bearer {KEY}"})
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] == "echo: what is anemia"
+    assert_error(c.post("/invocations", json=chat(model="nope"), headers={"Authorization": f"Bearer {KEY}"}), 404)

@@ -32,7 +32,7 @@ from domain_expert.serve.engine import (
 DEFAULT_MAX_BODY_BYTES = 1_000_000
 DEFAULT_MAX_PROMPT_TOKENS = 4096
 DEFAULT_MAX_TOKENS_LIMIT = 2048
-OPEN_PATHS = {"/health"}
+OPEN_PATHS = {"/health", "/ping"}  # liveness probes (ours and SageMaker's) answer without a key
 
 
 class APIError(Exception):
@@ -186,6 +186,11 @@ def create_app(
     async def health():
         return {"status": "ok"}
 
+    @app.get("/ping")
+    async def ping():
+        """SageMaker hosting contract: the platform polls GET /ping for health."""
+        return {"status": "ok"}
+
     def _model_card(model_id: str) -> dict:
         return {"id": model_id, "object": "model", "created": created, "owned_by": "domain-expert"}
 
@@ -294,6 +299,12 @@ def create_app(
             ],
             "usage": _usage(result),
         }
+
+    @app.post("/invocations")
+    async def invocations(body: ChatCompletionRequest):
+        """SageMaker hosting contract: POST /invocations with the same body as /v1/chat/completions, so the server
+        runs unchanged as a SageMaker endpoint container (as in the reference project)."""
+        return await chat_completions(body)
 
     def _engine_error(e: EngineError, model: str) -> APIError:
         if isinstance(e, QueueFullError):
