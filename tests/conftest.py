@@ -95,3 +95,15 @@ def tiny_args(tiny_model_dir, tmp_path):
         return tiny_overrides(tiny_model_dir, tmp_path / "run", **extra)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_tuned(tiny_model_dir, tmp_path_factory) -> Path:
+    """A prepared and fine-tuned tiny run, not evaluated. Shared read-only: tests write their outputs elsewhere."""
+    from domain_expert.cli import main
+
+    run_dir = tmp_path_factory.mktemp("tuned") / "run"
+    ov = tiny_overrides(tiny_model_dir, run_dir, **{"train.max_steps": "2"})
+    assert main(["prepare", *ov]) == 0
+    assert main(["finetune", *ov]) == 0
+    return run_dir

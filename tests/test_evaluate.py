@@ -14,18 +14,6 @@ from domain_expert.config import EvalConfig
 from domain_expert.errors import DomainExpertError
 
 
-@pytest.fixture(scope="module")
-def tiny_tuned(tiny_model_dir, tmp_path_factory):
-    """A prepared and fine-tuned tiny run (no evaluation yet)."""
-    from conftest import tiny_overrides
-
-    run_dir = tmp_path_factory.mktemp("evalrun") / "run"
-    ov = tiny_overrides(tiny_model_dir, run_dir, **{"train.max_steps": "2"})
-    assert main(["prepare", *ov]) == 0
-    assert main(["finetune", *ov]) == 0
-    return run_dir
-
-
 def _rows(path):
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 

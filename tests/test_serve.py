@@ -296,18 +296,6 @@ def test_official_openai_client():
 # --- the real engine on a tiny fine-tuned run ------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny_tuned(tiny_model_dir, tmp_path_factory):
-    from conftest import tiny_overrides
-    from domain_expert.cli import main
-
-    run_dir = tmp_path_factory.mktemp("serverun") / "run"
-    ov = tiny_overrides(tiny_model_dir, run_dir, **{"train.max_steps": "2"})
-    assert main(["prepare", *ov]) == 0
-    assert main(["finetune", *ov]) == 0
-    return run_dir
-
-
 def test_transformers_engine_tuned_base_and_stream(tiny_tuned):
     from domain_expert.generate import generate_detailed, load_for_inference
     from domain_expert.serve import model_name

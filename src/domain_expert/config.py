@@ -225,7 +225,7 @@ class RunConfig(_Strict):
 # --- loading ------------------------------------------------------------------------------------------------------
 
 
-def _valid_keys(model: type[BaseModel] | None, data: Any, loc: tuple) -> list[str]:
+def _valid_keys(model: type[BaseModel] | None, loc: tuple) -> list[str]:
     """Walk the model tree along `loc` to list the keys valid at that place (for 'did you mean')."""
     cls = model
     for part in loc[:-1]:
@@ -236,19 +236,19 @@ def _valid_keys(model: type[BaseModel] | None, data: Any, loc: tuple) -> list[st
         field = cls.model_fields.get(str(part))
         if field is None:
             return []
-        cls = _model_of(field.annotation, data, loc)
+        cls = _model_of(field.annotation)
     if cls is None:
         return []
     return list(cls.model_fields)
 
 
-def _model_of(annotation: Any, data: Any, loc: tuple) -> type[BaseModel] | None:
+def _model_of(annotation: Any) -> type[BaseModel] | None:
     import typing
 
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     for arg in typing.get_args(annotation):
-        found = _model_of(arg, data, loc)
+        found = _model_of(arg)
         if found is not None:
             return found
     return None
@@ -287,7 +287,7 @@ def _format_errors(exc: ValidationError, raw: dict, origin: str) -> str:
                 cls = _source_class(str(parent.get("kind", "medical-terms")))
                 valid = list(cls.model_fields) if cls else []
             else:
-                valid = _valid_keys(RunConfig, raw, loc)
+                valid = _valid_keys(RunConfig, loc)
             close = difflib.get_close_matches(str(loc[-1]), valid, n=3, cutoff=0.5)
             hint = f"did you mean {', '.join(close)}?" if close else f"valid keys here: {', '.join(valid)}"
             problems.append(f"unknown key '{key}' ({hint})")

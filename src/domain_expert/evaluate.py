@@ -21,6 +21,7 @@ from pathlib import Path
 from domain_expert.config import EvalConfig, RunConfig, load_config
 from domain_expert.errors import DataError, RunFolderError
 from domain_expert.fsutil import read_json, sha256_file, write_json_atomic
+from domain_expert.provenance import package_versions
 
 # metric -> (label, group, higher_is_better, kind); higher_is_better None = descriptive only, no verdict
 METRICS = {
@@ -38,10 +39,8 @@ METRICS = {
     "judge_safe": ("LLM judge: safe (1-5)", "judge", True, "continuous"),
 }
 NLL_METRICS = {"ref_nll", "general_nll", "domain_nll"}
-KIND_OF = {"rougeL": "generation", "chrf": "generation", "embed_sim": "generation", "stopped": "generation",
-           "answer_tokens": "generation", "ref_nll": "generation", "correct": "mc", "general_nll": "general",
-           "domain_nll": "domain_text", "judge_correct": "judge", "judge_complete": "judge",
-           "judge_safe": "judge"}  # fmt: skip
+# the item kind a metric's values come from: its group, except reference NLL, which is scored on generation items
+KIND_OF = {m: "generation" if group == "likelihood" else group for m, (_, group, _, _) in METRICS.items()}
 
 
 @dataclass
@@ -274,11 +273,13 @@ def run(run_path: str | Path, models: list[str] | None = None, *, overrides: lis
     t_all = time.time()
     timings: dict[str, float] = {}
     cache: dict[str, object] = {}
+    vocab: dict[str, str | None] = {}  # tokenizer fingerprint per model: NLL compares only within one tokenizer
     embedder = None
     with open(out / "items.jsonl", "a", encoding="utf-8") as sink:
         for spec in specs:
             t0 = time.time()
             engine = _engine(spec, cfg, cache)
+            vocab[spec.label] = getattr(engine, "vocab", None)
             if embedder is None and items["generation"]:
                 from domain_expert.metrics import Embedder
 
@@ -286,10 +287,10 @@ def run(run_path: str | Path, models: list[str] | None = None, *, overrides: lis
             _eval_model(spec.label, engine, items, cfg, done, sink, embedder, progress, out)
             timings[spec.label] = round(time.time() - t0, 1)
     rows = _read_rows(out / "items.jsonl")
-    metrics = aggregate(rows, specs, items, cfg, {s.label: getattr(_engine_cached(s, cache), "vocab", None)
-                                                  for s in specs})  # fmt: skip
+    metrics = aggregate(rows, specs, items, cfg, vocab)
     metrics["lm_eval"] = _lm_eval(specs, cfg, metrics["skipped"]) if cfg.lm_eval_tasks else {}
-    metrics.update({"timings": timings, "seconds": round(time.time() - t_all, 1), "versions": _versions(),
+    versions = package_versions("domain-expert", "torch", "transformers", "peft", "rouge-score", "sacrebleu", "scipy")
+    metrics.update({"timings": timings, "seconds": round(time.time() - t_all, 1), "versions": versions,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})  # fmt: skip
     write_json_atomic(out / "metrics.json", metrics)
     return out
@@ -348,8 +349,7 @@ def _drop_torn_tail(path: Path) -> None:
 
 def _engine(spec: ModelSpec, cfg: EvalConfig, cache: dict):
     if spec.kind == "endpoint":
-        system = None
-        return EndpointEngine(spec, cfg, system)
+        return EndpointEngine(spec, cfg, system=None)
     from domain_expert.generate import load_for_inference
 
     key = str(Path(spec.path).resolve())
@@ -366,13 +366,7 @@ def _engine(spec: ModelSpec, cfg: EvalConfig, cache: dict):
             lm.model.unmerge_adapter()
         elif not base and not merged:
             lm.model.merge_adapter()
-    engine = LocalEngine(lm, base=base, batch_size=cfg.batch_size)
-    cache[f"engine:{spec.label}"] = engine
-    return engine
-
-
-def _engine_cached(spec: ModelSpec, cache: dict):
-    return cache.get(f"engine:{spec.label}")
+    return LocalEngine(lm, base=base, batch_size=cfg.batch_size)
 
 
 def _eval_model(label, engine, items, cfg: EvalConfig, done, sink, embedder, progress: bool, out: Path) -> None:
@@ -558,23 +552,13 @@ def _hf_folder(spec: ModelSpec) -> str:
     """A plain HF folder for the model: the run's export for tuned, the base model's folder for RUN:base."""
     if spec.kind == "folder":
         return spec.path
-    run = Path(spec.path)
-    ft = read_json((run / "finetune" / "stage.json") if (run / "finetune").exists() else run / "stage.json")
+    from domain_expert.runs import find_stage
+
+    ft_dir = find_stage(spec.path, "finetune")
     if spec.kind == "run-base":
-        return ft["base_model"]["path"]
+        return read_json(ft_dir / "stage.json")["base_model"]["path"]
+    run = ft_dir.parent
     export = run / "export"
     if not (export / "stage.json").exists():
         raise RunFolderError("benchmarks need the exported model", where=str(run), fix="run `domain-expert export`")
     return str(export)
-
-
-def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {}
-    for pkg in ("domain-expert", "torch", "transformers", "peft", "rouge-score", "sacrebleu", "scipy"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out

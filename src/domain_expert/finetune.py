@@ -22,6 +22,7 @@ from domain_expert.fsutil import (
     write_json_atomic,
     write_text_atomic,
 )
+from domain_expert.provenance import peak_rss_mib
 
 KEEP_CHECKPOINTS = 2
 
@@ -240,7 +241,7 @@ def run(cfg: RunConfig, data_dir: str | Path, out_dir: str | Path, *, overwrite:
         "val_loss_end": last_val,
         "trainable_params": n_trainable,
         "total_params": n_total,
-        "peak_rss_mib": _peak_rss_mib(),
+        "peak_rss_mib": peak_rss_mib(),
     }
     write_json_atomic(out_dir / "train_summary.json", summary)
     write_json_atomic(
@@ -307,9 +308,3 @@ def _save_checkpoint(model, opt, out_dir: Path, step: int, epoch: int, next_batc
         write_json_atomic(tmp / "trainer_state.json", {"step": step, "epoch": epoch, "next_batch": next_batch})
     for old in sorted(ckpts.glob("step-*"))[:-KEEP_CHECKPOINTS]:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def _peak_rss_mib() -> float:
-    import resource
-
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

