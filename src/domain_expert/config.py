@@ -122,8 +122,8 @@ ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "d
 class LoraConfig(_Strict):
     r: int = Field(16, gt=0, description="LoRA rank")
     alpha: float = Field(32, gt=0, description="scaling numerator: the update is scaled by alpha / r")
-    # 0 by default: on CPU, dropout on every adapter input costs ~35% of LoRA step time (measured 263 vs 409
-    # tokens/s on SmolLM2) and short runs do not overfit enough to need it.
+    # 0 by default: on CPU, dropout copies every adapter input; bench/cpu_levers.py on SmolLM2: 295 tokens/s with
+    # 0.05 vs 398 without. Short runs do not overfit enough to need it.
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] = Field(default_factory=lambda: list(ALL_LINEAR), min_length=1)
 
@@ -141,7 +141,9 @@ class TrainConfig(_Strict):
     grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
     max_seq_len: int = Field(256, gt=8, description="longer records are truncated (counted in the manifest)")
     max_batch_tokens: int | None = Field(
-        1024,  # measured on SmolLM2, 30 steps: 1024 -> 3.7 GiB peak at 388 tokens/s; 2048 -> 4.9 GiB at 395
+        # bench/cpu_levers.py, SmolLM2: 1024 -> +2.2 GiB at 398 tokens/s, 2048 -> +3.5 GiB at 429, no cap -> +3.5 GiB
+        # over its 15 steps; over a whole default run the uncapped peak reached 10.6 GiB vs 4.7 GiB with 1024
+        1024,
         gt=0,
         description="padded tokens per forward pass; a longer batch runs as several accumulated passes, so the "
         "step is the same but peak memory is bounded (activations are ~1.7 MB/token on SmolLM2 with LoRA)",
@@ -154,7 +156,7 @@ class TrainConfig(_Strict):
     )
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = Field(
-        "auto", description="auto: eager on CPU (its backward beat sdpa's by ~10% on short sequences), sdpa on GPU"
+        "auto", description="auto: eager on CPU (398 vs 331 tokens/s for sdpa in bench/cpu_levers.py), sdpa on GPU"
     )
     quantization: Literal["none", "4bit"] = Field("none", description="4bit = QLoRA via bitsandbytes (CUDA only)")
     gradient_checkpointing: bool = False

@@ -358,7 +358,7 @@ def _engine(spec: ModelSpec, cfg: EvalConfig, cache: dict):
     lm = cache[key]
     base = spec.kind == "run-base"
     if lm.has_adapter:
-        # Unmerged LoRA halves generation speed on CPU (measured 182 vs 382 tokens/s, batch 16): the tuned model is
+        # Unmerged LoRA slows decoding on CPU (merged is 1.6x faster, batch 16, bench/cpu_levers.py): the tuned model is
         # scored with its adapter merged into the weights in the inference dtype, i.e. the model `export` ships.
         # The base must see unmerged weights; the default order (base first) never needs to unmerge.
         merged = any(getattr(m, "merged", False) for m in lm.model.modules() if hasattr(m, "merged_adapters"))
