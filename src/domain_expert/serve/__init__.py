@@ -32,25 +32,36 @@ def serve(
     name: str | None = None,
     device: str = "auto",
     dtype: str = "auto",
-    max_queue: int = 16,
+    max_queue: int = 32,
+    max_batch: int = 32,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS,
     max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT,
+    cors_origins: list[str] | None = None,
+    engine: str = "transformers",
 ) -> None:
     import uvicorn
 
-    from domain_expert.generate import load_for_inference
+    served = name or model_name(run_path)
+    if engine == "vllm":
+        from domain_expert.serve.vllm_engine import VLLMEngine
 
-    lm = load_for_inference(run_path, device=device, dtype=dtype)
-    engine = TransformersEngine(lm, name or model_name(run_path), max_queue=max_queue)
+        eng = VLLMEngine.from_run(run_path, served, max_queue=max_queue, max_batch=max_batch)
+    else:
+        from domain_expert.generate import load_for_inference
+
+        eng = TransformersEngine(
+            load_for_inference(run_path, device=device, dtype=dtype), served, max_queue=max_queue, max_batch=max_batch
+        )
     app = create_app(
-        engine,
+        eng,
         api_key=api_key,
         max_body_bytes=max_body_bytes,
         max_prompt_tokens=max_prompt_tokens,
         max_tokens_limit=max_tokens_limit,
+        cors_origins=cors_origins,
     )
     try:
         uvicorn.run(app, host=host, port=port, log_level="info")
     finally:
-        engine.close()
+        eng.close()

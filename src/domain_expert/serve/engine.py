@@ -4,19 +4,18 @@ An `Engine` turns a validated `GenerationRequest` (a conversation, the sampling 
 stream of deltas. The HTTP layer (app.py) only talks to this protocol, so a continuous-batching or vLLM engine can
 replace `TransformersEngine` later without touching the routes.
 
-`TransformersEngine` runs one generation at a time on a single worker thread (the model is not shared between
-threads); requests wait in a bounded queue, and one that would make more than `max_queue` wait is refused with
-`QueueFullError` (HTTP 429). It serves the tuned model as `<name>` and, for a LoRA run, the base as `<name>:base` by
-disabling the adapter for that request: one copy of the weights.
+`TransformersEngine` batches concurrent requests continuously on one worker thread (serve/batcher.py): up to
+`max_batch` generate together, up to `max_queue` more wait, and one beyond that is refused with `QueueFullError`
+(HTTP 429). It serves the tuned model as `<name>` and, for a LoRA run, the base as `<name>:base` (the adapter's
+delta subtracted for those rows): one copy of the weights.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import threading
+import time
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -44,6 +43,17 @@ class GenerationRequest:
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    prompt: str | None = None  # raw text prompt (/v1/completions): used as is instead of `messages`
+    logprobs: int | None = None  # None: none; k >= 0: each generated token's log-prob and the top k alternatives
+    echo: bool = False  # /v1/completions: also score the prompt (its token log-probs when `logprobs` is set)
+
+
+@dataclass
+class TokenLogprob:
+    token: str
+    logprob: float | None  # None for a prompt's first token (nothing to predict it from)
+    top: list[tuple[str, float]]
+    offset: int = 0  # character offset of the token in the text it belongs to
 
 
 @dataclass
@@ -52,6 +62,9 @@ class GenerationResult:
     finish_reason: str  # "stop" (EOS or a stop string) | "length" (max_tokens reached)
     prompt_tokens: int
     completion_tokens: int
+    logprobs: list[TokenLogprob] | None = None  # one per token of `text` when asked
+    prompt_logprobs: list[TokenLogprob] | None = None  # one per prompt token when asked with echo
+    prompt_text: str = ""  # the prompt as the model saw it (decoded), for echo
 
 
 @dataclass
@@ -68,7 +81,9 @@ class Engine(Protocol):
 
     def model_ids(self) -> list[str]: ...
 
-    def count_prompt_tokens(self, model: str, messages: list[dict]) -> int: ...
+    def count_prompt_tokens(self, model: str, messages: list[dict] | str) -> int:
+        """Tokens of a chat (messages) or of a raw text prompt (str)."""
+        ...
 
     async def generate(self, request: GenerationRequest) -> GenerationResult: ...
 
@@ -105,15 +120,54 @@ def find_stop(text: str, stops: list[str]) -> int:
 
 
 class TransformersEngine:
-    """Serves a LoadedModel (domain_expert.generate.load_for_inference) with transformers' generate."""
+    """Serves a LoadedModel (domain_expert.generate.load_for_inference) with continuous batching (serve/batcher.py)."""
 
-    def __init__(self, lm, name: str, *, max_queue: int = 16):
+    def __init__(self, lm, name: str, *, max_queue: int = 32, max_batch: int = 32, metrics=None):
+        from domain_expert.serve.batcher import BatchScheduler, LoraDelta
+
         self.lm = lm
         self.name = name
-        self.admission = Admission(max_queue)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
-        cfg = getattr(lm.model, "config", None)
+        self.max_batch = max_batch
+        self.admission = Admission(max_queue, concurrency=max_batch)
+        self.metrics = metrics
+        model = lm.model
+        delta = None
+        if lm.has_adapter:
+            # merge for speed, keep the low-rank factors to give the base lane its exact weights back
+            delta = LoraDelta(model)
+            model = model.merge_and_unload()
+            delta.bind(model)
+            lm.model, lm.has_adapter = model, True
+        cfg = getattr(model, "config", None)
         self.context_length = getattr(cfg, "max_position_embeddings", None)
+        tok = lm.tokenizer
+        eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        eos_ids = {tok.eos_token_id} | set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        eos_ids.discard(None)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        self.scheduler = BatchScheduler(
+            model,
+            prefix=self._shared_prefix(),
+            eos_ids=eos_ids,
+            pad_id=pad,
+            context_length=self.context_length,
+            base_delta=delta,
+            max_batch=max_batch,
+            on_step=self._on_step,
+        )
+
+    def _on_step(self, step: dict) -> None:
+        if self.metrics is not None:
+            self.metrics.on_step(step)
+
+    def _shared_prefix(self) -> list[int]:
+        """Tokens every chat prompt starts with (the template's system turn and the user header): the longest common
+        prefix of a few probe conversations. A prompt uses the cached prefix only if it really starts with it."""
+        probes = [self._encode([{"role": "user", "content": c}]) for c in ("a", "What is anemia?", "1 2", "Z")]
+        n = 0
+        while all(len(p) > n and p[n] == probes[0][n] for p in probes):
+            n += 1
+        return probes[0][:n]
 
     # --- model names -------------------------------------------------------------------------------------------
 
@@ -127,8 +181,10 @@ class TransformersEngine:
 
     # --- prompt ------------------------------------------------------------------------------------------------
 
-    def _encode(self, messages: list[dict]) -> list[int]:
+    def _encode(self, messages: list[dict] | str) -> list[int]:
         lm, tok = self.lm, self.lm.tokenizer
+        if isinstance(messages, str):  # raw text: the tokenizer's own special tokens (BOS if it adds one)
+            return tok(messages)["input_ids"]
         fmt = lm.fmt
         if messages and messages[0]["role"] == "system":  # the client's system prompt replaces the trained one
             fmt = dataclasses.replace(fmt, system=messages[0]["content"])
@@ -138,77 +194,58 @@ class TransformersEngine:
             ids = [tok.bos_token_id, *ids]
         return ids
 
-    def count_prompt_tokens(self, model: str, messages: list[dict]) -> int:
+    def count_prompt_tokens(self, model: str, messages: list[dict] | str) -> int:
         self._is_base(model)
         return len(self._encode(messages))
 
-    # --- generation (worker thread) ----------------------------------------------------------------------------
+    # --- generation --------------------------------------------------------------------------------------------
 
-    def _run(self, request: GenerationRequest, base: bool, cancel: threading.Event, streamer=None) -> dict:
-        import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
+    async def _events(self, request: GenerationRequest, state: dict):
+        """Admit, submit, then yield the scheduler's (kind, payload) events; always releases and cancels."""
+        from domain_expert.serve.batcher import BASE, TUNED, Sequence
 
-        from domain_expert.generate import _adapter_off
-
-        tok = self.lm.tokenizer
-        ids = self._encode(request.messages)
-        device = next(self.lm.model.parameters()).device
-        input_ids = torch.tensor([ids], dtype=torch.long, device=device)
-        stops = request.stop
-
-        class _Stop(StoppingCriteria):
-            def __call__(self, input_ids, scores, **kwargs):
-                done = cancel.is_set()
-                if not done and stops:
-                    done = find_stop(tok.decode(input_ids[0, len(ids) :], skip_special_tokens=True), stops) >= 0
-                return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
-
-        kwargs = dict(
-            input_ids=input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            max_new_tokens=request.max_tokens,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
-            stopping_criteria=StoppingCriteriaList([_Stop()]),
-            streamer=streamer,
-        )
-        if request.temperature > 0:
-            kwargs.update(do_sample=True, temperature=request.temperature, top_p=request.top_p, top_k=0)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        try:
-            if request.seed is not None:
-                torch.manual_seed(request.seed)
-            with torch.no_grad(), _adapter_off(self.lm, base):
-                out = self.lm.model.generate(**kwargs)
-        finally:
-            if streamer is not None:
-                streamer.finish()
-        gen = out[0, len(ids) :].tolist()
-        eos = tok.eos_token_id in gen
-        if eos:
-            gen = gen[: gen.index(tok.eos_token_id)]
-        text = tok.decode(gen, skip_special_tokens=True)
-        cut = find_stop(text, stops)
-        if cut >= 0:
-            text = text[:cut]
-        finish = "stop" if (eos or cut >= 0) else "length"
-        return {"text": text, "result": GenerationResult(text, finish, len(ids), len(gen) + int(eos))}
-
-    async def generate(self, request: GenerationRequest) -> GenerationResult:
         base = self._is_base(request.model)
         self.admission.admit()
-        cancel = threading.Event()
-        try:
-            loop = asyncio.get_running_loop()
-            fut = loop.run_in_executor(self._executor, self._run, request, base, cancel)
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+        ids = self._encode(request.prompt if request.prompt is not None else request.messages)
+        state["prompt_ids"] = ids
+
+        def emit(kind, payload):
             try:
-                out = await asyncio.shield(fut)
-            except asyncio.CancelledError:  # client gone: stop the worker at the next token
-                cancel.set()
-                raise
-            return out["result"]
+                loop.call_soon_threadsafe(events.put_nowait, (kind, payload))
+            except RuntimeError:  # the request's event loop is gone (client and server side both finished)
+                seq.cancel.set()
+
+        seq = Sequence(
+            prompt_ids=ids,
+            max_new_tokens=request.max_tokens,
+            emit=emit,
+            lane=BASE if base else TUNED,
+            temperature=request.temperature,
+            top_p=request.top_p,
+            seed=request.seed,
+            logprobs=request.logprobs,
+            prompt_logprobs=request.echo and request.logprobs is not None,
+        )
+        state["cancel"] = seq.cancel
+        state["admitted"] = time.perf_counter()
+        try:
+            yield None  # admitted: the caller can now commit to a response
+            if request.max_tokens == 0:  # scoring only (/v1/completions with echo)
+                seq.max_new_tokens = 1  # the prefill gives the prompt's log-probs; its one sampled token is dropped
+                if not seq.prompt_logprobs:
+                    seq.cancel.set()  # nothing to compute: the scheduler answers "done" without running the model
+            self.scheduler.submit(seq)
+            while True:
+                kind, payload = await events.get()
+                if kind == "error":
+                    raise EngineError(f"generation failed: {payload}")
+                yield kind, payload
+                if kind == "done":
+                    return
         finally:
+            seq.cancel.set()
             self.admission.release()
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamChunk]:
@@ -216,68 +253,101 @@ class TransformersEngine:
         await agen.__anext__()  # runs admission now, so a refusal is an HTTP status, not a broken stream
         return agen
 
-    async def _stream(self, request: GenerationRequest):
-        base = self._is_base(request.model)
-        self.admission.admit()
-        cancel = threading.Event()
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        agen = self._stream(request)
+        result = None
         try:
-            yield None
-            loop = asyncio.get_running_loop()
-            queue: asyncio.Queue = asyncio.Queue()
-            streamer = _AsyncQueueStreamer(self.lm.tokenizer, loop, queue)
-            fut = loop.run_in_executor(self._executor, self._run, request, base, cancel, streamer)
-            hold = max((len(s) for s in request.stop), default=1) - 1  # text that may still become a stop string
-            acc, sent = "", 0
-            while True:
-                piece = await queue.get()
-                if piece is None:
-                    break
-                acc += piece
-                cut = find_stop(acc, request.stop)
-                if cut >= 0:
-                    cancel.set()
-                    if cut > sent:
-                        yield StreamChunk(acc[sent:cut])
-                    sent = cut
-                    break
-                safe = len(acc) - hold
-                if safe > sent:
-                    yield StreamChunk(acc[sent:safe])
-                    sent = safe
-            out = await fut
-            final = out["text"]
-            yield StreamChunk(final[sent:] if len(final) > sent else "", out["result"])
+            async for chunk in agen:
+                if chunk is not None and chunk.result is not None:
+                    result = chunk.result
         finally:
-            cancel.set()
-            self.admission.release()
+            await agen.aclose()
+        return result
+
+    async def _stream(self, request: GenerationRequest):
+        tok = self.lm.tokenizer
+        state: dict = {}
+        events = self._events(request, state)
+        try:
+            await events.__anext__()
+            yield None
+            hold = max((len(s) for s in request.stop), default=1) - 1  # text that may still become a stop string
+            gen: list[int] = []
+            infos: list = []
+            prompt_rows = None
+            text, sent, finish, eos = "", 0, "length", False
+            async for kind, payload in events:
+                if kind == "prompt_logprobs":
+                    prompt_rows = payload
+                    continue
+                if kind == "done":
+                    finish = "stop" if payload == "stop" else "length"
+                    break
+                token, info = payload
+                if not gen and not eos and self.metrics is not None:
+                    self.metrics.ttft.labels(request.model).observe(time.perf_counter() - state["admitted"])
+                if token in self.scheduler.eos_ids:
+                    eos = True
+                    continue
+                if request.max_tokens == 0:  # scoring: the one token the prefill sampled is not an answer
+                    continue
+                gen.append(token)
+                infos.append(info)
+                text = tok.decode(gen, skip_special_tokens=True)
+                cut = find_stop(text, request.stop)
+                if cut >= 0:
+                    state["cancel"].set()
+                    text, finish = text[:cut], "stop"
+                    break
+                safe = len(text) - hold
+                if text.endswith("\ufffd"):  # an incomplete UTF-8 character: wait for its other bytes
+                    safe = min(safe, len(text.rstrip("\ufffd")))
+                if safe > sent:
+                    yield StreamChunk(text[sent:safe])
+                    sent = safe
+            ids = state["prompt_ids"]
+            result = GenerationResult(
+                text=text,
+                finish_reason=finish,
+                prompt_tokens=len(ids),
+                completion_tokens=len(gen) + int(eos),
+                logprobs=self._token_logprobs(gen, infos, text) if request.logprobs is not None else None,
+                prompt_logprobs=self._prompt_logprobs(prompt_rows, ids) if prompt_rows is not None else None,
+                prompt_text=tok.decode(ids, skip_special_tokens=False) if request.echo else "",
+            )
+            yield StreamChunk(text[sent:] if len(text) > sent else "", result)
+        finally:
+            await events.aclose()
+
+    def _piece(self, token: int) -> str:
+        return self.lm.tokenizer.decode([token], skip_special_tokens=False)
+
+    def _token_logprobs(self, gen: list[int], infos: list, text: str) -> list[TokenLogprob]:
+        out, offset = [], 0
+        for token, info in zip(gen, infos, strict=True):
+            piece = self._piece(token)
+            lp, top = info if info is not None else (None, [])
+            out.append(TokenLogprob(piece, lp, [(self._piece(t), v) for t, v in top], offset))
+            offset += len(piece)
+            if offset >= len(text):  # a stop string cut the text: no tokens beyond it
+                break
+        return out
+
+    def _prompt_logprobs(self, rows: list, ids: list[int]) -> list[TokenLogprob]:
+        out, offset = [], 0
+        for token, row in zip(ids, rows, strict=True):
+            piece = self._piece(token)
+            if row is None:
+                out.append(TokenLogprob(piece, None, [], offset))
+            else:
+                _, lp, top = row
+                out.append(TokenLogprob(piece, lp, [(self._piece(t), v) for t, v in (top or [])], offset))
+            offset += len(piece)
+        return out
+
+    @property
+    def queue_depth(self) -> int:
+        return max(0, self.admission.pending - self.scheduler.running)
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
-
-
-def _async_streamer_class():
-    from transformers import TextIteratorStreamer
-
-    class AsyncQueueStreamer(TextIteratorStreamer):
-        """TextIteratorStreamer that hands its text to an asyncio.Queue on the server's loop (None ends it)."""
-
-        def __init__(self, tokenizer, loop, queue):
-            super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
-            self.loop, self.queue, self._ended = loop, queue, False
-
-        def on_finalized_text(self, text: str, stream_end: bool = False):
-            if text:
-                self.loop.call_soon_threadsafe(self.queue.put_nowait, text)
-            if stream_end:
-                self.finish()
-
-        def finish(self):
-            if not self._ended:
-                self._ended = True
-                self.loop.call_soon_threadsafe(self.queue.put_nowait, None)
-
-    return AsyncQueueStreamer
-
-
-def _AsyncQueueStreamer(tokenizer, loop, queue):  # noqa: N802 - imports transformers only when streaming
-    return _async_streamer_class()(tokenizer, loop, queue)
+        self.scheduler.close()

@@ -1,0 +1,306 @@
+"""Serving benchmark: `domain-expert serve` against `transformers serve --continuous-batching`, side by side.
+
+    python bench/serve_throughput.py [RUN] [--clients 1 4 16 64] [--seconds 20] [--max-tokens 48]
+    python bench/serve_throughput.py [RUN] --load-test --clients 64 --seconds 60
+
+Each server is started as a subprocess on a free 127.0.0.1 port with the same weights (ours: the run, adapter merged;
+the peer: the run's export/ folder, i.e. the same merged model), then for each concurrency level N, N clients send
+streamed chat completions back to back (greedy, held-out questions from the run's test split) for `--seconds`. It
+reports aggregate generated tokens/s (from each response's usage), time to first token and end-to-end latency
+p50/p95, and the ratios: N clients vs 1 client, ours vs the peer. Results go to stdout and a JSON file.
+
+`--load-test` holds N clients on our server only for `--seconds`, counts responses by status (429 is the bounded
+queue working as designed, anything else is an error), and samples the server's RSS every second to check that memory
+stops growing. The client is a minimal asyncio HTTP/1.1 reader, so the load generator costs little CPU on the same
+2-core machine as the servers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process and its children (the server may be a child of a wrapper)."""
+    total = 0.0
+    pids = [pid]
+    try:
+        pids += [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        pass
+    for p in pids:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) / 1024
+        except OSError:
+            pass
+    return total
+
+
+# --- a minimal streaming HTTP client ---------------------------------------------------------------------------
+
+
+async def post_stream(port: int, path: str, body: dict) -> dict:
+    """POST JSON, read the SSE response; returns status, time to first content, end time, completion tokens."""
+    t0 = time.perf_counter()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    data = json.dumps(body).encode()
+    writer.write(
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode()
+        + data
+    )
+    await writer.drain()
+    status = int((await reader.readline()).split()[1])
+    chunked = False
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        if line.lower().startswith(b"transfer-encoding:") and b"chunked" in line.lower():
+            chunked = True
+    ttft, tokens, chunks, buf = None, None, 0, b""
+
+    async def body_parts():
+        if not chunked:
+            while part := await reader.read(65536):
+                yield part
+            return
+        while True:
+            size = int((await reader.readline()).strip() or b"0", 16)
+            if size == 0:
+                return
+            yield await reader.readexactly(size)
+            await reader.readexactly(2)
+
+    async for part in body_parts():
+        buf += part
+        while b"\n\n" in buf:
+            event, buf = buf.split(b"\n\n", 1)
+            if not event.startswith(b"data: ") or event == b"data: [DONE]":
+                continue
+            msg = json.loads(event[6:])
+            for choice in msg.get("choices") or []:
+                if (choice.get("delta") or {}).get("content"):
+                    chunks += 1
+                    if ttft is None:
+                        ttft = time.perf_counter() - t0
+            if msg.get("usage"):
+                tokens = msg["usage"].get("completion_tokens")
+    writer.close()
+    return {"status": status, "ttft": ttft, "latency": time.perf_counter() - t0, "tokens": tokens or chunks}
+
+
+# --- servers ---------------------------------------------------------------------------------------------------
+
+
+def start_server(kind: str, run: Path, port: int, max_queue: int) -> tuple[subprocess.Popen, str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    bin_dir = Path(sys.executable).parent
+    if kind == "ours":
+        cmd = [str(bin_dir / "domain-expert"), "serve", str(run), "--port", str(port), "--max-queue", str(max_queue)]
+        model = run.resolve().name
+    else:
+        export = run / "export"
+        cmd = [str(bin_dir / "transformers"), "serve", "--continuous-batching", "--port", str(port)]
+        cmd += ["--device", "cpu", "--dtype", "bfloat16", str(export)]
+        model = str(export)
+    log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-serve-{kind}.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{kind} server exited ({proc.returncode}); see {log.name}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                if b" 200 " in s.recv(100):
+                    return proc, model
+        except OSError:
+            pass
+        time.sleep(1)
+    proc.kill()
+    raise SystemExit(f"{kind} server did not become healthy in 300 s; see {log.name}")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+# --- load ------------------------------------------------------------------------------------------------------
+
+
+async def drive(port: int, model: str, prompts: list[str], clients: int, seconds: float, max_tokens: int) -> dict:
+    results: list[dict] = []
+    start = time.perf_counter()
+
+    async def client(c: int):
+        i = c
+        while time.perf_counter() - start < seconds:
+            body = {
+                "model": model,
+                "messages": [{"role": "user", "content": prompts[i % len(prompts)]}],
+                "max_tokens": max_tokens,
+                "temperature": 0,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            }
+            i += clients
+            try:
+                results.append(await post_stream(port, "/v1/chat/completions", body))
+            except (OSError, ValueError, asyncio.IncompleteReadError) as e:
+                results.append({"status": f"client error: {type(e).__name__}", "ttft": None, "latency": 0, "tokens": 0})
+            if results[-1]["status"] == 429:
+                await asyncio.sleep(0.5)  # the server said "busy": back off like a client should
+
+    await asyncio.gather(*(client(c) for c in range(clients)))
+    elapsed = time.perf_counter() - start
+    ok = [r for r in results if r["status"] == 200]
+    ttfts = [r["ttft"] for r in ok if r["ttft"] is not None]
+    lats = [r["latency"] for r in ok]
+    statuses: dict[str, int] = {}
+    for r in results:
+        statuses[str(r["status"])] = statuses.get(str(r["status"]), 0) + 1
+    return {
+        "clients": clients,
+        "requests": len(ok),
+        "statuses": statuses,
+        "tokens": sum(r["tokens"] for r in ok),
+        "seconds": elapsed,
+        "tokens_per_s": sum(r["tokens"] for r in ok) / elapsed,
+        "ttft_p50": pct(ttfts, 50),
+        "ttft_p95": pct(ttfts, 95),
+        "latency_p50": pct(lats, 50),
+        "latency_p95": pct(lats, 95),
+    }
+
+
+def pct(xs: list[float], q: int) -> float | None:
+    if not xs:
+        return None
+    if len(xs) == 1:
+        return xs[0]
+    return statistics.quantiles(xs, n=100, method="inclusive")[q - 1]
+
+
+def load_prompts(run: Path) -> list[str]:
+    rows = [json.loads(x) for x in (run / "data" / "test.jsonl").read_text().splitlines() if x.strip()]
+    prompts = [r["prompt"] for r in rows if r.get("task") == "define"] or [r["prompt"] for r in rows]
+    if not prompts:
+        raise SystemExit(f"no prompts in {run / 'data' / 'test.jsonl'}")
+    return prompts
+
+
+def fmt(x, spec=".2f"):
+    return "-" if x is None else format(x, spec)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("run", nargs="?", default="runs/medical-terms", type=Path)
+    p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64])
+    p.add_argument("--seconds", type=float, default=20.0, help="per concurrency level (load test: total)")
+    p.add_argument("--max-tokens", type=int, default=48)
+    p.add_argument("--servers", nargs="+", default=["ours", "peer"], choices=["ours", "peer"])
+    p.add_argument("--max-queue", type=int, default=64, help="our server's --max-queue")
+    p.add_argument("--load-test", action="store_true", help="hold max(--clients) clients on our server")
+    p.add_argument("--out", type=Path, default=Path("bench/results/serve_throughput.json"))
+    args = p.parse_args(argv)
+    if not (args.run / "data" / "test.jsonl").exists() or not (args.run / "export").exists():
+        raise SystemExit(f"{args.run} is not a finished run (needs data/ and export/): run `domain-expert run` first")
+    prompts = load_prompts(args.run)
+    out: dict = {"run": str(args.run), "max_tokens": args.max_tokens, "seconds": args.seconds, "cpus": os.cpu_count()}
+
+    if args.load_test:
+        n = max(args.clients)
+        port = free_port()
+        proc, model = start_server("ours", args.run, port, args.max_queue)
+        try:
+            asyncio.run(drive(port, model, prompts, 1, 2, args.max_tokens))  # warm-up
+            samples: list[tuple[float, float]] = []
+
+            async def run_with_sampling():
+                task = asyncio.create_task(drive(port, model, prompts, n, args.seconds, args.max_tokens))
+                t0 = time.perf_counter()
+                while not task.done():
+                    samples.append((time.perf_counter() - t0, rss_mib(proc.pid)))
+                    await asyncio.sleep(1)
+                return await task
+
+            res = asyncio.run(run_with_sampling())
+        finally:
+            stop_server(proc)
+        errors = {k: v for k, v in res["statuses"].items() if k not in ("200", "429")}
+        third = max(1, len(samples) // 3)
+        mid = max(m for _, m in samples[third : 2 * third] or samples)
+        last = max(m for _, m in samples[2 * third :] or samples)
+        res.update(
+            rss_first_mib=samples[0][1],
+            rss_mid_third_max_mib=mid,
+            rss_last_third_max_mib=last,
+            rss_growth_last_vs_mid_pct=100 * (last - mid) / mid,
+            errors=errors,
+            passed=not errors and res["requests"] > 0 and last <= mid * 1.05,
+        )
+        out["load_test"] = res
+        print(json.dumps(res, indent=2))
+    else:
+        for kind in args.servers:
+            port = free_port()
+            proc, model = start_server(kind, args.run, port, args.max_queue)
+            try:
+                asyncio.run(drive(port, model, prompts, 1, 3, args.max_tokens))  # warm-up (first call compiles/loads)
+                rows = []
+                for c in args.clients:
+                    r = drive(port, model, prompts, c, args.seconds, args.max_tokens)
+                    rows.append(asyncio.run(r))
+                    print(f"{kind:5} {c:3} clients: {rows[-1]['tokens_per_s']:7.1f} tok/s", flush=True)
+                out[kind] = rows
+            finally:
+                stop_server(proc)
+        print(
+            f"\n{'server':6} {'clients':>7} {'tok/s':>8} {'x1':>6} {'ttft p50':>9} {'p95':>7} "
+            f"{'e2e p50':>8} {'p95':>7} {'reqs':>5} statuses"
+        )
+        for kind in args.servers:
+            one = out[kind][0]["tokens_per_s"] if out[kind] and out[kind][0]["clients"] == 1 else None
+            for r in out[kind]:
+                r["vs_one_client"] = r["tokens_per_s"] / one if one else None
+                print(
+                    f"{kind:6} {r['clients']:7} {r['tokens_per_s']:8.1f} {fmt(r['vs_one_client'], '.1f'):>6} "
+                    f"{fmt(r['ttft_p50']):>9} {fmt(r['ttft_p95']):>7} {fmt(r['latency_p50']):>8} "
+                    f"{fmt(r['latency_p95']):>7} {r['requests']:5} {r['statuses']}"
+                )
+        if "ours" in out and "peer" in out:
+            out["ours_vs_peer"] = {
+                str(a["clients"]): a["tokens_per_s"] / b["tokens_per_s"] if b["tokens_per_s"] else None
+                for a, b in zip(out["ours"], out["peer"], strict=True)
+            }
+            print("ours / peer tokens/s:", {k: fmt(v, ".1f") for k, v in out["ours_vs_peer"].items()})
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(out, indent=2))
+    tmp.replace(args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

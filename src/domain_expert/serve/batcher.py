@@ -1,0 +1,455 @@
+"""Continuous batching for causal LMs on transformers models, on one worker thread.
+
+Why our own: transformers 5.24's `generate_batch` (paged attention) works on CPU but gave ~74 tokens/s for 16 prompts
+where a plain static batch gives several times more (../shared/GUIDE.md §3), and `transformers serve
+--continuous-batching` builds on it. A static batch, in turn, makes a new request wait for the slowest one in flight.
+So the scheduler here keeps a running batch per *lane* and, between two decoding steps:
+
+- prefills the requests that arrived (together, left-padded, computing logits at the last position only unless
+  prompt log-probabilities were asked for) and joins them to their lane's batch by left-padding the shorter of the
+  two KV caches (a DynamicCache, tensors [batch, heads, time, dim]) and masking the padding;
+- drops rows that finished (EOS, max_tokens, context full, cancelled by the client or by a stop string) with an
+  index-select on the cache, then trims leading columns that are padding in every row.
+
+Two lanes: the tuned model and, for a LoRA run, its base. The adapter is merged into the weights (what `export`
+ships; merged decoding is 1.6x faster than unmerged LoRA on CPU, bench/cpu_levers.py), and the base lane subtracts
+the adapter's low-rank delta again through forward hooks that exist only while a base step runs: one copy of the
+weights, and the base is exact up to the rounding of the merged weights (checked in tests/test_serve.py).
+
+Thread model: `submit` is called from the server's event loop; everything touching the model runs on the worker
+thread; results go back through each sequence's `emit` callback (which must be thread-safe).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+TUNED, BASE = "tuned", "base"
+
+
+@dataclass
+class Sequence:
+    """One completion being generated. `emit(kind, payload)` is called from the worker thread:
+    ("prompt_logprobs", list) once if asked, ("token", (id, logprob_info|None)) per token, ("done", reason) last, or
+    ("error", message)."""
+
+    prompt_ids: list[int]
+    max_new_tokens: int
+    emit: Callable[[str, object], None]
+    lane: str = TUNED
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    logprobs: int | None = None  # top-k alternatives per generated token (0: only the chosen token's)
+    prompt_logprobs: bool = False
+    cancel: threading.Event = field(default_factory=threading.Event)
+    # worker state
+    generated: int = 0
+    generator: object = None
+    enqueued_at: float = field(default_factory=time.monotonic)
+
+
+class _Lane:
+    def __init__(self, name: str):
+        self.name = name
+        self.rows: list[Sequence] = []
+        self.cache = None  # DynamicCache, batch dim aligned with rows
+        self.mask = None  # [rows, time] long, 1 = real token
+        self.lengths = None  # [rows] real tokens per row (next position id)
+        self.last = None  # [rows] last sampled token
+        self.prefix_kv = None  # the shared prefix's [(keys, values)] per layer, computed on first use
+
+
+class LoraDelta:
+    """The LoRA delta of a PEFT model whose adapter was merged into the weights: while `subtracting()` is active, every
+    adapted Linear returns base_out - scale * B(A(dropout-free x)), i.e. the base model's output."""
+
+    def __init__(self, peft_model):
+        name = peft_model.active_adapter
+        self.parts = []  # (LoRA-wrapped Linear, A weight, B weight, scaling)
+        for module in peft_model.modules():
+            if hasattr(module, "lora_A") and hasattr(module, "base_layer") and name in module.lora_A:
+                a = module.lora_A[name].weight.detach().clone()
+                b = module.lora_B[name].weight.detach().clone()
+                self.parts.append((module, a, b, module.scaling[name]))
+        if not self.parts:
+            raise ValueError("no LoRA layers found: only LoRA adapters can be served with their base")
+
+    def bind(self, merged_model) -> None:
+        """After merge_and_unload: point at the plain Linear layers that replaced the LoRA wrappers."""
+        self.parts = [(m.get_base_layer(), a, b, s) for m, a, b, s in self.parts]
+
+    @contextlib.contextmanager
+    def subtracting(self):
+        handles = []
+
+        def make_hook(a, b, s):
+            def hook(module, inputs, output):
+                x = inputs[0]
+                return output - s * ((x.to(a.dtype) @ a.T) @ b.T).to(output.dtype)
+
+            return hook
+
+        try:
+            for linear, a, b, s in self.parts:
+                handles.append(linear.register_forward_hook(make_hook(a, b, s)))
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+
+class BatchScheduler:
+    """Owns the model: accepts `Sequence`s from any thread, generates them in continuously updated batches."""
+
+    def __init__(
+        self,
+        model,
+        *,
+        eos_ids: set[int],
+        pad_id: int,
+        context_length: int | None,
+        base_delta: LoraDelta | None = None,
+        max_batch: int = 32,
+        max_prefill_tokens: int = 2048,
+        max_wait: float = 0.25,
+        prefix: list[int] | None = None,
+        on_step: Callable[[dict], None] | None = None,
+    ):
+        self.model = model
+        self.eos_ids = eos_ids
+        self.pad_id = pad_id
+        self.context_length = context_length
+        self.base_delta = base_delta
+        self.max_batch = max_batch
+        self.max_prefill_tokens = max_prefill_tokens
+        self.max_wait = max_wait
+        # Token prefix most prompts share (the chat template's system turn): its keys/values are computed once per
+        # lane and reused, so a prefill only computes the tokens after it.
+        self.prefix = tuple(prefix or ())
+        self.on_step = on_step
+        self.device = next(model.parameters()).device
+        self.decoder, self.head = model.get_decoder(), model.get_output_embeddings()
+        # transformers 5.x renames forward's `past_key_values` to `cache` (the old name goes in 5.40)
+        params = inspect.signature(self.decoder.forward).parameters
+        self.cache_arg = "cache" if "cache" in params else "past_key_values"
+        self.inbox: queue.Queue = queue.Queue()
+        self.waiting: list[Sequence] = []
+        self.lanes = {TUNED: _Lane(TUNED), BASE: _Lane(BASE)}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="batch-scheduler", daemon=True)
+        self._thread.start()
+
+    # --- public --------------------------------------------------------------------------------------------------
+
+    def submit(self, seq: Sequence) -> None:
+        if seq.lane == BASE and self.base_delta is None:
+            raise ValueError("this model has no base lane (no LoRA adapter)")
+        self.inbox.put(seq)
+
+    @property
+    def running(self) -> int:
+        return sum(len(lane.rows) for lane in self.lanes.values())
+
+    def close(self) -> None:
+        self._stop.set()
+        self.inbox.put(None)
+        self._thread.join(timeout=10)
+
+    # --- worker --------------------------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        import torch
+
+        torch.set_grad_enabled(False)
+        while not self._stop.is_set():
+            block = not self.waiting and self.running == 0
+            self._drain(block)
+            if self._stop.is_set():
+                break
+            try:
+                self._admit()
+                for lane in self.lanes.values():
+                    if lane.rows:
+                        self._decode(lane)
+            except Exception as e:  # never leave a client hanging: fail what was in flight, keep serving
+                log.exception("batch step failed")
+                self._fail_all(f"{type(e).__name__}: {e}")
+
+    def _drain(self, block: bool) -> None:
+        try:
+            item = self.inbox.get(timeout=None) if block else self.inbox.get_nowait()
+            while True:
+                if item is not None:
+                    self.waiting.append(item)
+                item = self.inbox.get_nowait()
+        except queue.Empty:
+            pass
+
+    def _fail_all(self, message: str) -> None:
+        seqs = [seq for lane in self.lanes.values() for seq in lane.rows] + self.waiting
+        for lane in self.lanes.values():
+            lane.rows, lane.cache, lane.mask, lane.lengths, lane.last = [], None, None, None, None
+        self.waiting = []
+        for seq in seqs:
+            with contextlib.suppress(Exception):
+                seq.emit("error", message)
+
+    def _lane_context(self, lane: _Lane):
+        return self.base_delta.subtracting() if lane.name == BASE else contextlib.nullcontext()
+
+    def _admit(self) -> None:
+        """Prefill waiting sequences (oldest first, within the batch and prefill-token budgets) into their lanes."""
+        self.waiting = [s for s in self.waiting if not self._cancelled_early(s)]
+        if not self.waiting:
+            return
+        running = self.running
+        # A prefill of one short prompt costs about as much as a decoding step of the whole batch, so while a batch
+        # is running, arrivals are prefilled together: once a quarter of the batch size is waiting, or the oldest
+        # has waited `max_wait` (a bound on the time to first token this adds).
+        if running and len(self.waiting) < max(1, running // 4):
+            if time.monotonic() - self.waiting[0].enqueued_at < self.max_wait:
+                return
+        free = self.max_batch - running
+        by_lane: dict[str, list[Sequence]] = {}
+        budget, kept = self.max_prefill_tokens, []
+        for seq in self.waiting:
+            cost = len(seq.prompt_ids)
+            if free > 0 and (cost <= budget or not any(by_lane.values())):
+                by_lane.setdefault(seq.lane, []).append(seq)
+                free -= 1
+                budget -= cost
+            else:
+                kept.append(seq)
+        self.waiting = kept
+        for name, seqs in by_lane.items():
+            self._prefill(self.lanes[name], seqs)
+
+    def _cancelled_early(self, seq: Sequence) -> bool:
+        if seq.cancel.is_set():
+            seq.emit("done", "cancelled")
+            return True
+        return False
+
+    def _prefill(self, lane: _Lane, seqs: list[Sequence]) -> None:
+        p = len(self.prefix)
+        cached = [s for s in seqs if p and not s.prompt_logprobs and tuple(s.prompt_ids[:p]) == self.prefix]
+        cached = [s for s in cached if len(s.prompt_ids) > p]
+        rest = [s for s in seqs if s not in cached]
+        if cached:
+            self._prefill_group(lane, cached, self._prefix_kv(lane))
+        if rest:
+            self._prefill_group(lane, rest, None)
+
+    def _prefix_kv(self, lane: _Lane) -> list:
+        """The shared prompt prefix's keys/values for this lane ([1, heads, P, dim] per layer), computed once."""
+        import torch
+        from transformers import DynamicCache
+
+        if lane.prefix_kv is None:
+            ids = torch.tensor([list(self.prefix)])
+            cache = DynamicCache()
+            with self._lane_context(lane):
+                self._forward(ids, torch.ones_like(ids), torch.arange(ids.shape[1])[None], cache)
+            lane.prefix_kv = [(layer.keys, layer.values) for layer in cache.layers]
+        return lane.prefix_kv
+
+    def _prefill_group(self, lane: _Lane, seqs: list[Sequence], prefix_kv) -> None:
+        """Prefill `seqs` together (left-padded) and join them to the lane. With `prefix_kv`, every prompt starts with
+        the shared prefix: only the rest is computed, attending to the prefix's cached keys/values (rows then look
+        like [prefix][padding][rest of the prompt], the padding masked)."""
+        import torch
+        from transformers import DynamicCache
+
+        skip = len(self.prefix) if prefix_kv is not None else 0
+        prompts = [s.prompt_ids[skip:] for s in seqs]
+        width = max(len(x) for x in prompts)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, x in enumerate(prompts):
+            ids[i, width - len(x) :] = torch.tensor(x)
+            mask[i, width - len(x) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0) + skip
+        if prefix_kv is not None:
+            rows = len(seqs)
+            cache = DynamicCache(
+                ddp_cache_data=[(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in prefix_kv]
+            )
+            full_mask = torch.cat([torch.ones((rows, skip), dtype=torch.long), mask], dim=1)
+        else:
+            cache, full_mask = DynamicCache(), mask
+        want_prompt = any(s.prompt_logprobs for s in seqs)
+        with self._lane_context(lane):
+            logits = self._forward(ids, full_mask, positions, cache, all_positions=want_prompt)
+        if want_prompt:
+            self._emit_prompt_logprobs(seqs, ids, logits, width)
+        for layer in cache.layers:  # the join/trim below edits these tensors directly
+            if type(layer).__name__ != "DynamicLayer":
+                raise RuntimeError(f"cache layer {type(layer).__name__} is not supported by the batching engine")
+        self._join(lane, seqs, cache, full_mask, full_mask.sum(-1))
+        # first token of each new row, from the prefill's last position
+        first = self._sample(seqs, logits[:, -1, :])
+        self._append(lane, first, start=len(lane.rows) - len(seqs))
+
+    def _forward(self, ids, mask, positions, cache, all_positions: bool = False):
+        """Logits (float32, [rows, positions or 1, vocab]). The decoder and the head are called separately: through
+        the full model, `logits_to_keep=1` hands the head a strided [rows, 1, hidden] view, which on CPU goes through
+        a batched matmul that copies the whole (tied, transposed) embedding matrix every call: ~230 ms of a 300 ms
+        prefill for SmolLM2 here. A contiguous [rows, hidden] input is a plain matmul."""
+        out = self.decoder(
+            input_ids=ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            position_ids=positions.to(self.device),
+            use_cache=True,
+            **{self.cache_arg: cache},
+        )
+        hidden = out.last_hidden_state
+        if not all_positions:
+            hidden = hidden[:, -1:, :]
+        rows, t, width = hidden.shape
+        return self.head(hidden.reshape(rows * t, width).contiguous()).float().reshape(rows, t, -1)
+
+    def _emit_prompt_logprobs(self, seqs, ids, logits, width) -> None:
+        import torch
+
+        logp = torch.log_softmax(logits[:, :-1, :], dim=-1)
+        chosen = logp.gather(-1, ids[:, 1:, None].to(logp.device))[..., 0]
+        for i, s in enumerate(seqs):
+            if not s.prompt_logprobs:
+                continue
+            n = len(s.prompt_ids)
+            start = width - n
+            rows = []
+            for t in range(start, width):
+                if t == start:
+                    rows.append(None)  # the first token has no context to be predicted from
+                    continue
+                lp = float(chosen[i, t - 1])
+                top = None
+                if s.logprobs:
+                    v, k = logp[i, t - 1].topk(s.logprobs)
+                    top = list(zip(k.tolist(), v.tolist(), strict=True))
+                rows.append((int(ids[i, t]), lp, top))
+            s.emit("prompt_logprobs", rows)
+
+    def _join(self, lane: _Lane, seqs, cache, mask, lengths) -> None:
+        import torch
+
+        if not lane.rows:
+            lane.rows, lane.cache, lane.mask, lane.lengths = list(seqs), cache, mask, lengths
+            lane.last = torch.zeros(len(seqs), dtype=torch.long)
+            return
+        t_old, t_new = lane.mask.shape[1], mask.shape[1]
+        width = max(t_old, t_new)
+
+        def pad_left(x, t, dim):
+            if t == width:
+                return x
+            shape = list(x.shape)
+            shape[dim] = width - t
+            return torch.cat([x.new_zeros(shape), x], dim=dim)
+
+        for old, new in zip(lane.cache.layers, cache.layers, strict=True):
+            old.keys = torch.cat([pad_left(old.keys, t_old, 2), pad_left(new.keys, t_new, 2)], dim=0)
+            old.values = torch.cat([pad_left(old.values, t_old, 2), pad_left(new.values, t_new, 2)], dim=0)
+        lane.mask = torch.cat([pad_left(lane.mask, t_old, 1), pad_left(mask, t_new, 1)], dim=0)
+        lane.lengths = torch.cat([lane.lengths, lengths])
+        lane.last = torch.cat([lane.last, torch.zeros(len(seqs), dtype=torch.long)])
+        lane.rows.extend(seqs)
+
+    def _decode(self, lane: _Lane) -> None:
+        import torch
+
+        started = time.perf_counter()
+        lane.mask = torch.cat([lane.mask, torch.ones((len(lane.rows), 1), dtype=torch.long)], dim=1)
+        with self._lane_context(lane):
+            logits = self._forward(lane.last[:, None], lane.mask, lane.lengths[:, None], lane.cache)
+        lane.lengths = lane.lengths + 1
+        tokens = self._sample(lane.rows, logits[:, -1, :])
+        rows = len(lane.rows)
+        self._append(lane, tokens, start=0)
+        if self.on_step is not None:
+            self.on_step({"lane": lane.name, "rows": rows, "seconds": time.perf_counter() - started})
+
+    def _sample(self, seqs: list[Sequence], logits):
+        """One token per row, each row with its own settings; returns [(id, logprob_info|None)]."""
+        import torch
+
+        picks = logits.argmax(-1)
+        need_logp = any(s.logprobs is not None for s in seqs)
+        logp = torch.log_softmax(logits, dim=-1) if need_logp else None
+        out = []
+        for i, s in enumerate(seqs):
+            token = int(picks[i])
+            if s.temperature > 0:
+                if s.generator is None:
+                    s.generator = torch.Generator(device="cpu")
+                    s.generator.manual_seed(s.seed if s.seed is not None else torch.seed())
+                probs = torch.softmax(logits[i].cpu() / s.temperature, dim=-1)
+                if s.top_p < 1.0:
+                    sorted_p, order = probs.sort(descending=True)
+                    keep = sorted_p.cumsum(-1) - sorted_p < s.top_p  # always keeps the most likely token
+                    probs = torch.zeros_like(probs).scatter_(0, order[keep], sorted_p[keep])
+                token = int(torch.multinomial(probs, 1, generator=s.generator))
+            info = None
+            if logp is not None and s.logprobs is not None:
+                top = []
+                if s.logprobs > 0:
+                    v, k = logp[i].topk(s.logprobs)
+                    top = list(zip(k.tolist(), v.tolist(), strict=True))
+                info = (float(logp[i, token]), top)
+            out.append((token, info))
+        return out
+
+    def _append(self, lane: _Lane, tokens, start: int) -> None:
+        """Record sampled tokens for rows start.., emit them, and drop the rows that are finished."""
+        import torch
+
+        keep = list(range(start))
+        for j, (token, info) in enumerate(tokens):
+            i = start + j
+            seq = lane.rows[i]
+            lane.last[i] = token
+            seq.generated += 1
+            finished = None
+            if seq.cancel.is_set():
+                finished = "cancelled"
+            elif token in self.eos_ids:
+                finished = "stop"
+            else:
+                seq.emit("token", (token, info))
+                if seq.generated >= seq.max_new_tokens:
+                    finished = "length"
+                elif self.context_length is not None and int(lane.lengths[i]) + 1 >= self.context_length:
+                    finished = "length"
+            if finished is None:
+                keep.append(i)
+            else:
+                if finished == "stop":
+                    seq.emit("token", (token, info))  # the EOS is counted (usage), never shown as text
+                seq.emit("done", finished)
+        if len(keep) == len(lane.rows):
+            return
+        if not keep:
+            lane.rows, lane.cache, lane.mask, lane.lengths, lane.last = [], None, None, None, None
+            return
+        index = torch.tensor(keep, dtype=torch.long)
+        dev_index = index.to(self.device)
+        lane.rows = [lane.rows[i] for i in keep]
+        lane.mask, lane.lengths, lane.last = lane.mask[index], lane.lengths[index], lane.last[index]
+        # columns that are padding in every remaining row cost attention time for nothing
+        lead = int((lane.mask.cumsum(1) == 0).all(0).sum())
+        if lead:
+            lane.mask = lane.mask[:, lead:]
+        for layer in lane.cache.layers:
+            layer.keys = layer.keys.index_select(0, dev_index)[:, :, lead:]
+            layer.values = layer.values.index_select(0, dev_index)[:, :, lead:]
