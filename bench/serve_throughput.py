@@ -3,11 +3,13 @@
     python bench/serve_throughput.py [RUN] [--clients 1 4 16 64] [--seconds 20] [--max-tokens 48]
     python bench/serve_throughput.py [RUN] --load-test --clients 64 --seconds 60
 
-Each server is started as a subprocess on a free 127.0.0.1 port with the same weights (ours: the run, adapter merged;
-the peer: the run's export/ folder, i.e. the same merged model), then for each concurrency level N, N clients send
-streamed chat completions back to back (greedy, held-out questions from the run's test split) for `--seconds`. It
-reports aggregate generated tokens/s (from each response's usage), time to first token and end-to-end latency
-p50/p95, and the ratios: N clients vs 1 client, ours vs the peer. Results go to stdout and a JSON file.
+Each server is started as a subprocess on a free 127.0.0.1 port with the same weights: ours serves the run (adapter
+merged), the peers its export/ folder (the same merged model) with `transformers serve --continuous-batching`
+("peer") or plain `transformers serve` ("peer-default"). For each concurrency level N, N clients send streamed chat
+completions back to back (greedy, held-out questions from the run's test split) for `--seconds`. It reports
+aggregate generated tokens/s (from each response's usage, or its content chunks when a server sends no usage), time
+to first token and end-to-end latency p50/p95, and the ratios: N clients vs 1 client, ours vs the peer. Results go
+to stdout and a JSON file.
 
 `--load-test` holds N clients on our server only for `--seconds`, counts responses by status (429 is the bounded
 queue working as designed, anything else is an error), and samples the server's RSS every second to check that memory
@@ -115,8 +117,9 @@ def start_server(kind: str, run: Path, port: int, max_queue: int) -> tuple[subpr
         model = run.resolve().name
     else:
         export = run / "export"
-        cmd = [str(bin_dir / "transformers"), "serve", "--continuous-batching", "--port", str(port)]
-        cmd += ["--device", "cpu", "--dtype", "bfloat16", str(export)]
+        cmd = [str(bin_dir / "transformers"), "serve", "--port", str(port), "--device", "cpu", "--dtype", "bfloat16"]
+        cmd += ["--continuous-batching"] if kind == "peer" else []
+        cmd += [str(export)]
         model = str(export)
     log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-serve-{kind}.log", "w")  # noqa: SIM115
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -218,7 +221,13 @@ def main(argv=None) -> int:
     p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64])
     p.add_argument("--seconds", type=float, default=20.0, help="per concurrency level (load test: total)")
     p.add_argument("--max-tokens", type=int, default=48)
-    p.add_argument("--servers", nargs="+", default=["ours", "peer"], choices=["ours", "peer"])
+    p.add_argument(
+        "--servers",
+        nargs="+",
+        default=["ours", "peer"],
+        choices=["ours", "peer", "peer-default"],
+        help="peer: transformers serve --continuous-batching; peer-default: transformers serve without it",
+    )
     p.add_argument("--max-queue", type=int, default=64, help="our server's --max-queue")
     p.add_argument("--load-test", action="store_true", help="hold max(--clients) clients on our server")
     p.add_argument("--out", type=Path, default=Path("bench/results/serve_throughput.json"))
@@ -271,12 +280,12 @@ def main(argv=None) -> int:
                 for c in args.clients:
                     r = drive(port, model, prompts, c, args.seconds, args.max_tokens)
                     rows.append(asyncio.run(r))
-                    print(f"{kind:5} {c:3} clients: {rows[-1]['tokens_per_s']:7.1f} tok/s", flush=True)
+                    print(f"{kind:12} {c:3} clients: {rows[-1]['tokens_per_s']:7.1f} tok/s", flush=True)
                 out[kind] = rows
             finally:
                 stop_server(proc)
         print(
-            f"\n{'server':6} {'clients':>7} {'tok/s':>8} {'x1':>6} {'ttft p50':>9} {'p95':>7} "
+            f"\n{'server':12} {'clients':>7} {'tok/s':>8} {'x1':>6} {'ttft p50':>9} {'p95':>7} "
             f"{'e2e p50':>8} {'p95':>7} {'reqs':>5} statuses"
         )
         for kind in args.servers:
@@ -284,7 +293,7 @@ def main(argv=None) -> int:
             for r in out[kind]:
                 r["vs_one_client"] = r["tokens_per_s"] / one if one else None
                 print(
-                    f"{kind:6} {r['clients']:7} {r['tokens_per_s']:8.1f} {fmt(r['vs_one_client'], '.1f'):>6} "
+                    f"{kind:12} {r['clients']:7} {r['tokens_per_s']:8.1f} {fmt(r['vs_one_client'], '.1f'):>6} "
                     f"{fmt(r['ttft_p50']):>9} {fmt(r['ttft_p95']):>7} {fmt(r['latency_p50']):>8} "
                     f"{fmt(r['latency_p95']):>7} {r['requests']:5} {r['statuses']}"
                 )

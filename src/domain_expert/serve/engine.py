@@ -315,6 +315,9 @@ class TransformersEngine:
                 prompt_logprobs=self._prompt_logprobs(prompt_rows, ids) if prompt_rows is not None else None,
                 prompt_text=tok.decode(ids, skip_special_tokens=False) if request.echo else "",
             )
+            if self.metrics is not None:
+                self.metrics.prompt_tokens.labels(request.model).inc(result.prompt_tokens)
+                self.metrics.generation_tokens.labels(request.model).inc(result.completion_tokens)
             yield StreamChunk(text[sent:] if len(text) > sent else "", result)
         finally:
             await events.aclose()

@@ -159,6 +159,9 @@ class VLLMEngine:
             if final is None:
                 raise EngineError("vLLM returned no output")
             o = final.outputs[0]
+            if self.metrics is not None:
+                self.metrics.prompt_tokens.labels(request.model).inc(len(ids))
+                self.metrics.generation_tokens.labels(request.model).inc(len(o.token_ids))
             yield StreamChunk(
                 "",
                 GenerationResult(
