@@ -6,6 +6,7 @@ Library code raises DomainExpertError; only here does it become one line on stde
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -50,7 +51,8 @@ def cmd_finetune(args) -> int:
     from domain_expert import finetune
 
     cfg = _load(args)
-    finetune.run(cfg, args.data or cfg.run_dir / "data", args.out or cfg.run_dir / "finetune", overwrite=args.overwrite)
+    out = args.out or cfg.run_dir / "finetune"
+    finetune.run(cfg, args.data or cfg.run_dir / "data", out, overwrite=args.overwrite, resume=args.resume)
     return 0
 
 
@@ -113,7 +115,7 @@ def cmd_serve(args) -> int:
 def cmd_run(args) -> int:
     from domain_expert import pipeline
 
-    pipeline.run(_load(args), overwrite=args.overwrite)
+    pipeline.run(_load(args), overwrite=args.overwrite, resume=args.resume)
     return 0
 
 
@@ -149,7 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=fn)
         if name in ("run", "prepare", "finetune"):
             sp.add_argument("config", nargs="*", metavar="CONFIG [key=value ...]", help=CONFIG_HELP)
-            sp.add_argument("--overwrite", action="store_true", help="replace existing output folders")
+            fresh = sp.add_mutually_exclusive_group()
+            fresh.add_argument("--overwrite", action="store_true", help="replace existing output folders")
+            if name in ("run", "finetune"):
+                fresh.add_argument(
+                    "--resume",
+                    action="store_true",
+                    help="continue an interrupted run from its last complete checkpoint (same config and data)",
+                )
         if name == "prepare":
             sp.add_argument("--out", type=Path, help="output folder (default: <run>/data)")
         if name == "finetune":
@@ -197,7 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except DomainExpertError as e:
-        print(f"error: {e.one_line()}", file=sys.stderr)
+        rank = os.environ.get("RANK", "0") if os.environ.get("WORLD_SIZE", "1") not in ("", "1") else "0"
+        # under torchrun every rank reports: name the others, so a repeated line is not mistaken for two errors
+        print(f"{f'rank {rank}: ' if rank != '0' else ''}error: {e.one_line()}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -137,8 +137,10 @@ class TrainConfig(_Strict):
     max_minutes: float | None = Field(
         None, gt=0, description="wall-clock budget; the LR schedule follows time when it is the tighter limit"
     )
-    batch_size: int = Field(16, gt=0, description="sequences per micro-batch")
-    grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step")
+    batch_size: int = Field(
+        16, gt=0, description="sequences per batch, all processes together (each rank takes its share of the rows)"
+    )
+    grad_accum: int = Field(1, gt=0, description="batches per optimizer step")
     max_seq_len: int = Field(256, gt=8, description="longer records are truncated (counted in the manifest)")
     max_batch_tokens: int | None = Field(
         # bench/cpu_levers.py, SmolLM2: 1024 -> +2.2 GiB at 398 tokens/s, 2048 -> +3.5 GiB at 429, no cap -> +3.5 GiB
@@ -406,3 +408,46 @@ def resolve_config_path(path: str | Path) -> Path:
 
 def dump_config(cfg: BaseModel) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted keys down to values; lists of mappings (data.sources) by index, lists of scalars kept whole."""
+    if isinstance(obj, dict):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    if isinstance(obj, list) and any(isinstance(v, dict) for v in obj):
+        out = {f"{prefix}length": len(obj)} if prefix else {}
+        for i, v in enumerate(obj):
+            out.update(_flatten(v, f"{prefix}{i}."))
+        return out
+    return {prefix[:-1]: obj}
+
+
+def config_differences(
+    before: dict,
+    now: dict,
+    *,
+    sections: tuple[str, ...] | None = None,
+    ignore: frozenset[str] = frozenset(),
+    then: str = "checkpoint",
+) -> list[str]:
+    """'lora.r: checkpoint 16, now 8' for every setting that differs between two dumped configs (model_dump(mode=
+    "json")), limited to top-level `sections` and skipping the dotted keys in `ignore`; `then` names `before`."""
+    a, b = _flatten(before), _flatten(now)
+    missing = object()
+    out = []
+    for key in sorted(a.keys() | b.keys()):
+        if key in ignore or (sections and key.split(".", 1)[0] not in sections):
+            continue
+        x, y = a.get(key, missing), b.get(key, missing)
+        if x != y:
+            out.append(f"{key}: {then} {_shown(x, missing)}, now {_shown(y, missing)}")
+    return out
+
+
+def _shown(v: Any, missing: object) -> str:
+    if v is missing:
+        return "(not set)"
+    return v if isinstance(v, str) else yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("\n...")

@@ -39,3 +39,7 @@ class RunFolderError(DomainExpertError):
 
 class FidelityError(DomainExpertError):
     """A merged model does not reproduce adapter+base outputs within tolerance."""
+
+
+class CheckpointError(RunFolderError):
+    """A training checkpoint is missing, incomplete, corrupted, or was written with other settings."""

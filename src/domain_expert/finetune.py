@@ -2,6 +2,9 @@
 
 Writes into the run's finetune folder: the adapter, tokenizer, resolved config, prompt format, metrics.jsonl,
 TensorBoard logs, checkpoints, and stage.json last (its presence marks the folder complete).
+
+`--resume` continues from the newest complete checkpoint (checkpoint.py); under torchrun or accelerate launch the
+same loop runs data-parallel (distributed.py). docs/training.md has the commands and what each one guarantees.
 """
 
 from __future__ import annotations
@@ -13,18 +16,10 @@ import time
 from pathlib import Path
 
 from domain_expert.config import RunConfig, dump_config
+from domain_expert.distributed import Dist
 from domain_expert.errors import DataError, RunFolderError
-from domain_expert.fsutil import (
-    check_output_dir,
-    read_json,
-    sha256_file,
-    staged_dir,
-    write_json_atomic,
-    write_text_atomic,
-)
+from domain_expert.fsutil import check_output_dir, read_json, sha256_file, write_json_atomic, write_text_atomic
 from domain_expert.provenance import peak_rss_mib
-
-KEEP_CHECKPOINTS = 2
 
 
 def check_prepared(data_dir: Path) -> dict:
@@ -48,10 +43,29 @@ def lr_factor(step: int, total: int, warmup: int, elapsed: float, budget_s: floa
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def run(cfg: RunConfig, data_dir: str | Path, out_dir: str | Path, *, overwrite: bool = False) -> Path:
+def run(
+    cfg: RunConfig, data_dir: str | Path, out_dir: str | Path, *, overwrite: bool = False, resume: bool = False
+) -> Path:
+    """Fine-tune into `out_dir`. `resume` continues from its newest complete checkpoint. Under a multi-process
+    launcher (torchrun, accelerate launch) every rank runs this; rank 0 alone writes files."""
+    from domain_expert import distributed
+    from domain_expert.hardware import resolve_device
+
+    d = distributed.setup(resolve_device(cfg.train.device))
+    ok = False
+    try:
+        result = _run(cfg, Path(data_dir), Path(out_dir), overwrite=overwrite, resume=resume, d=d)
+        ok = True
+        return result
+    finally:
+        distributed.teardown(d, ok=ok)
+
+
+def _run(cfg: RunConfig, data_dir: Path, out_dir: Path, *, overwrite: bool, resume: bool, d: Dist) -> Path:
     import torch
     from tqdm.auto import tqdm
 
+    from domain_expert import checkpoint, distributed
     from domain_expert.batching import collate, encode_records, length_grouped_batches, split_by_tokens
     from domain_expert.data.records import read_records
     from domain_expert.hardware import dtype_name, resolve_device, resolve_dtype
@@ -59,12 +73,11 @@ def run(cfg: RunConfig, data_dir: str | Path, out_dir: str | Path, *, overwrite:
     from domain_expert.models import load_causal_lm, load_tokenizer, resolve_model
     from domain_expert.prompts import from_config
 
-    data_dir, out_dir = Path(data_dir), Path(out_dir)
-    resolved = resolve_model(cfg.model)  # a bad model reference is the likelier mistake: say it first
+    # a bad model reference is the likelier mistake: say it first (rank 0 first: it may fill the model cache)
+    resolved = distributed.main_first(d, lambda: resolve_model(cfg.model, progress=d.main))
     data_manifest = check_prepared(data_dir)
-    check_output_dir(out_dir, overwrite)
     t_cfg = cfg.train
-    device = resolve_device(t_cfg.device)
+    device = resolve_device(t_cfg.device)  # the kind ("cuda"); d.device is this rank's own ("cuda:1")
     dtype = resolve_dtype(t_cfg.dtype, device)
     if t_cfg.quantization == "4bit" and device != "cuda":
         raise RunFolderError(
@@ -72,6 +85,18 @@ def run(cfg: RunConfig, data_dir: str | Path, out_dir: str | Path, *, overwrite:
             where="train.quantization",
             fix="set train.quantization=none on this machine",
         )
+    data_sha = sha256_file(data_dir / "manifest.json")
+
+    def say(msg: str) -> None:
+        if d.main:
+            print(f"[domain-expert] {msg}", flush=True)
+
+    expected = {"config": cfg.model_dump(mode="json"), "dtype": dtype_name(dtype), "data_manifest_sha256": data_sha}
+    ckpt = None
+    if resume:
+        ckpt = checkpoint.find_resumable(out_dir, expected, say)  # every check before anything is loaded or written
+    else:
+        _check_fresh(out_dir, overwrite)
     torch.manual_seed(t_cfg.seed)
 
     tokenizer = load_tokenizer(resolved.path)
@@ -86,16 +111,21 @@ def run(cfg: RunConfig, data_dir: str | Path, out_dir: str | Path, *, overwrite:
             where=str(data_dir / "train.jsonl"),
             fix="raise train.max_seq_len",
         )
+    distributed.check_fits(d, t_cfg.batch_size, len(train))
 
     attn = t_cfg.attn_implementation
     if attn == "auto":
         attn = "eager" if device == "cpu" else "sdpa"
-    model = load_causal_lm(resolved.path, dtype=dtype, device=device, quantization=t_cfg.quantization, attn=attn)
+    model = load_causal_lm(resolved.path, dtype=dtype, device=d.device, quantization=t_cfg.quantization, attn=attn)
     model = _add_lora(model, cfg, tokenizer)
     trainable = [p for p in model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in trainable)
     n_total = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(trainable, lr=t_cfg.learning_rate, weight_decay=t_cfg.weight_decay)
+    saved_rng = checkpoint.restore(ckpt, model, opt, d.device) if ckpt else None
+    distributed.broadcast_params(d, trainable)
+    if d.enabled and not ckpt:
+        torch.manual_seed(t_cfg.seed + d.rank)  # ranks see different rows: give them different dropout masks too
 
     lengths = [len(e.ids) for e in train]
     batches_per_epoch = math.ceil(len(train) / t_cfg.batch_size)
@@ -104,21 +134,33 @@ def run(cfg: RunConfig, data_dir: str | Path, out_dir: str | Path, *, overwrite:
     if t_cfg.max_steps:
         total_steps = min(total_steps, t_cfg.max_steps)
     budget_s = t_cfg.max_minutes * 60 if t_cfg.max_minutes else None
+    state = ckpt.state if ckpt else {}
+    step = state.get("step", 0)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if overwrite:
-        for stale in ("stage.json", "metrics.jsonl", "checkpoints", "tb"):
-            p = out_dir / stale
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-    write_text_atomic(out_dir / "config.yaml", dump_config(cfg))
-    fmt.save(out_dir)
-    write_json_atomic(out_dir / "data_manifest.json", data_manifest)
-    from torch.utils.tensorboard import SummaryWriter
+    distributed.barrier(d)  # every rank has checked the folder before rank 0 writes into it
+    tb = metrics = None
+    if d.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if overwrite:
+            for stale in ("stage.json", "metrics.jsonl", "checkpoints", "tb"):
+                p = out_dir / stale
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        if ckpt:
+            for p in checkpoint.remove_leftovers(out_dir):
+                say(f"removed {p.name}: a checkpoint write cut short")
+            _truncate_metrics(out_dir / "metrics.jsonl", step)  # steps after the checkpoint are trained again
+        write_text_atomic(out_dir / "config.yaml", dump_config(cfg))
+        fmt.save(out_dir)
+        write_json_atomic(out_dir / "data_manifest.json", data_manifest)
+        from torch.utils.tensorboard import SummaryWriter
 
-    tb = SummaryWriter(str(out_dir / "tb"))
-    metrics = open(out_dir / "metrics.jsonl", "a", encoding="utf-8")
+        # purge_step drops the events the interrupted run logged after its checkpoint
+        tb = SummaryWriter(str(out_dir / "tb"), purge_step=step + 1 if ckpt else None)
+        metrics = open(out_dir / "metrics.jsonl", "a", encoding="utf-8")
 
     def log(row: dict) -> None:
+        if metrics is None or tb is None:
+            return
         metrics.write(json.dumps(row) + "\n")
         metrics.flush()
         for k, v in row.items():
@@ -126,6 +168,8 @@ def run(cfg: RunConfig, data_dir: str | Path, out_dir: str | Path, *, overwrite:
                 tb.add_scalar(k, v, row["step"])
 
     def evaluate() -> float | None:
+        """Token-weighted mean loss over the (capped) validation batches; each rank scores its share of the
+        batches and the sums are added, so the value does not depend on the number of processes."""
         if not val:
             return None
         model.eval()
@@ -137,50 +181,78 @@ def run(cfg: RunConfig, data_dir: str | Path, out_dir: str | Path, *, overwrite:
             chunks = chunks[::step_][: t_cfg.max_val_batches]
         total, count = 0.0, 0
         with torch.no_grad():
-            for ch in chunks:
-                ids, mask, labels = (t.to(device) for t in collate([val[i] for i in ch], tokenizer.pad_token_id))
+            for ch in chunks[d.rank :: d.world]:
+                ids, mask, labels = (t.to(d.device) for t in collate([val[i] for i in ch], tokenizer.pad_token_id))
                 s, n = causal_lm_loss(model, ids, mask, labels, reduction="sum")
                 total, count = total + float(s), count + n
+        total, count = distributed.all_sum(d, [total, float(count)])
         model.train()
         return total / max(1, count)
 
-    print(
-        f"[domain-expert] finetune {resolved.reference} on {device}/{dtype_name(dtype)}: {len(train)} examples, "
+    procs = f", {d.world} processes" if d.enabled else ""
+    say(
+        f"finetune {resolved.reference} on {device}/{dtype_name(dtype)}{procs}: {len(train)} examples, "
         f"{total_steps} steps, LoRA r={cfg.lora.r} ({n_trainable / 1e6:.2f}M of {n_total / 1e6:.1f}M params trainable)"
-        + (f", budget {t_cfg.max_minutes:g} min" if budget_s else ""),
-        flush=True,
+        + (f", budget {t_cfg.max_minutes:g} min" if budget_s else "")
     )
     model.train()
-    first_val = evaluate()
-    step, tokens, t0, eval_s = 0, 0, time.time(), 0.0
-    if first_val is not None:
-        log({"step": 0, "val_loss": first_val, "elapsed_s": 0.0})
-    last_val, stopped_by = first_val, "steps"
-    bar = tqdm(total=total_steps, unit="step", desc="finetune", dynamic_ncols=True)
-    epoch = 0
-    done = False
+    if ckpt:
+        # the schedule's clock continues from the checkpoint: the remaining budget is what the interrupted run had
+        # left when it saved; time spent down, reloading, or on steps after the checkpoint does not count
+        first_val, last_val = state["first_val"], state["last_val"]
+        tokens, eval_s, elapsed0 = state["tokens"], state["eval_s"], state["elapsed_s"]
+        epoch, start = state["epoch"], state["next_batch"]
+        if len(saved_rng) == d.world:
+            checkpoint.set_rng_state(saved_rng[d.rank], d.device)
+        else:
+            say(f"checkpoint written by {len(saved_rng)} process(es), now {d.world}: data order, weights and "
+                "optimizer continue exactly; random state (dropout) starts from the seed")  # fmt: skip
+        say(f"resuming from {ckpt.path} (step {step} of {total_steps}, epoch {epoch}, batch {start})")
+    else:
+        first_val = evaluate()
+        if first_val is not None:
+            log({"step": 0, "val_loss": first_val, "elapsed_s": 0.0})
+        last_val, tokens, eval_s, elapsed0, epoch, start = first_val, 0, 0.0, 0.0, 0, 0
+    t0 = time.time() - elapsed0
+
+    def clock() -> float:
+        elapsed = time.time() - t0
+        return distributed.broadcast_float(d, elapsed) if budget_s else elapsed
+
+    # what a resume checks against (settings) or reports (plan): the same for every checkpoint of this run
+    run_info = {**expected, "total_steps": total_steps, "budget_s": budget_s, "world_size": d.world}
+    stopped_by = "steps"
+    bar = tqdm(total=total_steps, initial=step, unit="step", desc="finetune", dynamic_ncols=True, disable=not d.main)
+    done = step >= total_steps
     while not done:
         batches = length_grouped_batches(len(train), lengths, t_cfg.batch_size, t_cfg.seed, epoch)
-        for b0 in range(0, len(batches), t_cfg.grad_accum):
+        for b0 in range(start, len(batches), t_cfg.grad_accum):
+            # One optimizer step = grad_accum batches of batch_size rows, the same for any number of processes;
+            # each rank takes its share of every batch and splits it into token-budget micro-batches.
             group = batches[b0 : b0 + t_cfg.grad_accum]
             n_lab = sum(sum(len(train[i].ids) - max(1, train[i].start) for i in b) for b in group)
-            loss_sum = 0.0
-            micro = [mb for b in group for mb in split_by_tokens(b, lengths, t_cfg.max_batch_tokens)]
+            loss_sum, step_tokens = 0.0, 0
+            mine = [distributed.shard(b, lengths, d) for b in group]
+            micro = [mb for rows in mine if rows for mb in split_by_tokens(rows, lengths, t_cfg.max_batch_tokens)]
             for b in micro:
-                ids, mask, labels = (t.to(device) for t in collate([train[i] for i in b], tokenizer.pad_token_id))
+                ids, mask, labels = (t.to(d.device) for t in collate([train[i] for i in b], tokenizer.pad_token_id))
                 s, n = causal_lm_loss(model, ids, mask, labels, reduction="sum")
-                # normalise by the labelled tokens of the whole accumulated step: token-weighted, not batch-weighted
+                # normalise by the labelled tokens of the whole accumulated step (all ranks): token-weighted, and
+                # the sum of the ranks' gradients is exactly the one-process gradient
                 (s / max(1, n_lab)).backward()
                 loss_sum += float(s.detach())
-                tokens += int(mask.sum())
-            elapsed = time.time() - t0
+                step_tokens += int(mask.sum())
+            distributed.all_reduce_grads(d, trainable)
+            loss_sum, step_tokens = distributed.all_sum(d, [loss_sum, float(step_tokens)])
+            tokens += int(step_tokens)
+            elapsed = clock()
             for g in opt.param_groups:
                 g["lr"] = t_cfg.learning_rate * lr_factor(step, total_steps, t_cfg.warmup_steps, elapsed, budget_s)
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
             step += 1
-            elapsed = time.time() - t0
+            elapsed = clock()
             tps = tokens / max(elapsed - eval_s, 1e-9)  # training throughput: validation time excluded
             row = {
                 "step": step,
@@ -207,13 +279,20 @@ def run(cfg: RunConfig, data_dir: str | Path, out_dir: str | Path, *, overwrite:
                 bar.refresh()
             bar.update(1)
             if step % t_cfg.save_every == 0:
-                _save_checkpoint(model, opt, out_dir, step, epoch, b0 + t_cfg.grad_accum)
+                rng = distributed.gather_objects(d, checkpoint.rng_state(d.device))
+                if d.main:
+                    # data order is a pure function of (seed, epoch): step/epoch/next_batch find our place again
+                    position = {"step": step, "epoch": epoch, "next_batch": b0 + t_cfg.grad_accum}
+                    progress = {"tokens": tokens, "elapsed_s": time.time() - t0, "eval_s": eval_s,
+                                "first_val": first_val, "last_val": last_val}  # fmt: skip
+                    checkpoint.save(out_dir, model=model, opt=opt, rng=rng, state={**position, **progress, **run_info})
             if step >= total_steps:
                 done = True
                 break
             if budget_s and elapsed >= budget_s:
                 stopped_by, done = "time budget", True
                 break
+        start = 0
         epoch += 1
     bar.close()
     if stopped_by != "steps":
@@ -221,8 +300,11 @@ def run(cfg: RunConfig, data_dir: str | Path, out_dir: str | Path, *, overwrite:
         if last_val is not None:
             log({"step": step, "val_loss": last_val, "elapsed_s": time.time() - t0})
     elapsed = time.time() - t0
-    metrics.close()
-    tb.close()
+    if not d.main:
+        return out_dir
+    if metrics is not None and tb is not None:
+        metrics.close()
+        tb.close()
 
     model.save_pretrained(out_dir)  # adapter_config.json + adapter_model.safetensors
     tokenizer.save_pretrained(out_dir)
@@ -241,6 +323,8 @@ def run(cfg: RunConfig, data_dir: str | Path, out_dir: str | Path, *, overwrite:
         "val_loss_end": last_val,
         "trainable_params": n_trainable,
         "total_params": n_total,
+        "processes": d.world,
+        "resumed_from_step": state.get("step"),
         "peak_rss_mib": peak_rss_mib(),
     }
     write_json_atomic(out_dir / "train_summary.json", summary)
@@ -253,16 +337,48 @@ def run(cfg: RunConfig, data_dir: str | Path, out_dir: str | Path, *, overwrite:
             "device": device,
             "dtype": dtype_name(dtype),
             "data_dir": str(data_dir.resolve()),
-            "data_manifest_sha256": sha256_file(data_dir / "manifest.json"),
+            "data_manifest_sha256": data_sha,
             "summary": summary,
         },
     )
-    done_msg = f"[domain-expert] finetune done: {step} steps in {elapsed / 60:.1f} min"
+    done_msg = f"finetune done: {step} steps in {elapsed / 60:.1f} min"
     done_msg += f" ({summary['tokens_per_s']:.0f} tokens/s)"
     if first_val is not None and last_val is not None:
         done_msg += f", val loss {first_val:.3f} -> {last_val:.3f}"
-    print(done_msg, flush=True)
+    say(done_msg)
     return out_dir
+
+
+def _check_fresh(out_dir: Path, overwrite: bool) -> None:
+    """A new run needs an empty folder; an unfinished one is worth pointing at --resume rather than a bare
+    'exists'."""
+    from domain_expert import checkpoint
+
+    if not overwrite and not (out_dir / "stage.json").exists():
+        complete, _ = checkpoint.scan(out_dir)
+        if complete:
+            raise RunFolderError(
+                f"an unfinished fine-tuning run is here (last checkpoint: {complete[-1].name})",
+                where=str(out_dir),
+                fix="pass --resume to continue it, --overwrite to start over, or --out for another folder",
+            )
+    check_output_dir(out_dir, overwrite)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Keep the rows up to the checkpoint's step (and drop a line torn by the kill): the resumed run logs the
+    later steps again, and a curve must not have two values for one step."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and row.get("step", 0) <= step:
+            kept.append(line + "\n")
+    write_text_atomic(path, "".join(kept))
 
 
 def _add_lora(model, cfg: RunConfig, tokenizer):
@@ -294,17 +410,3 @@ def _add_lora(model, cfg: RunConfig, tokenizer):
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, lcfg)
-
-
-def _save_checkpoint(model, opt, out_dir: Path, step: int, epoch: int, next_batch: int) -> None:
-    """Atomic checkpoint: written to a temporary folder, then renamed; the oldest beyond KEEP_CHECKPOINTS goes."""
-    import torch
-
-    ckpts = out_dir / "checkpoints"
-    with staged_dir(ckpts / f"step-{step:06d}", overwrite=True) as tmp:
-        model.save_pretrained(tmp)
-        torch.save(opt.state_dict(), tmp / "optimizer.pt")
-        # data order is a pure function of (seed, epoch), so step/epoch/next_batch are enough to find our place
-        write_json_atomic(tmp / "trainer_state.json", {"step": step, "epoch": epoch, "next_batch": next_batch})
-    for old in sorted(ckpts.glob("step-*"))[:-KEEP_CHECKPOINTS]:
-        shutil.rmtree(old, ignore_errors=True)

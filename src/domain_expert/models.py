@@ -160,7 +160,7 @@ def load_causal_lm(path: str, *, dtype, device: str = "cpu", quantization: str =
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype,
         )
-        kwargs["device_map"] = {"": 0}
+        kwargs["device_map"] = {"": device if device.startswith("cuda:") else 0}  # a data-parallel rank's own GPU
     model = _hub_guard(lambda: AutoModelForCausalLM.from_pretrained(path, **kwargs), path)
     if quantization != "4bit":
         model.to(device)
