@@ -58,3 +58,29 @@ def test_run_on_real_smollm2(tmp_path, capsys):
     gen = [r for r in rows if r["kind"] == "generation"]
     assert {r["model"] for r in gen} == {"base", "tuned"} and len(gen) == 8
     assert (run_dir / "report" / "report.html").stat().st_size > 10_000
+
+    # the run serves: the official openai client gets answers from the tuned model and its base (one process)
+    import openai
+    from fastapi.testclient import TestClient
+
+    from domain_expert.generate import load_for_inference
+    from domain_expert.serve import create_app, model_name
+    from domain_expert.serve.engine import TransformersEngine
+
+    name = model_name(run_dir)
+    engine = TransformersEngine(load_for_inference(run_dir), name)
+    try:
+        with TestClient(create_app(engine)) as tc:
+            oc = openai.OpenAI(base_url="http://testserver/v1", api_key="x", http_client=tc, max_retries=0)
+            assert [m.id for m in oc.models.list().data] == [name, name + ":base"]
+            for model in (name, name + ":base"):
+                msgs = [{"role": "user", "content": "What is anemia?"}]
+                r = oc.chat.completions.create(model=model, messages=msgs, max_tokens=12, temperature=0)
+                assert r.choices[0].message.content.strip() and r.usage.completion_tokens >= 1
+                parts = oc.chat.completions.create(
+                    model=model, messages=msgs, max_tokens=12, temperature=0, stream=True
+                )
+                streamed = "".join(c.choices[0].delta.content or "" for c in parts if c.choices)
+                assert streamed == r.choices[0].message.content
+    finally:
+        engine.close()

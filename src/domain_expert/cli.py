@@ -108,7 +108,16 @@ def cmd_serve(args) -> int:
     api_key = args.api_key or os.environ.get("DOMAIN_EXPERT_API_KEY") or None
     print(f"[domain-expert] serving {args.run} on http://{args.host}:{args.port}/v1 (OpenAI-compatible)"
           + (" with API key" if api_key else ""), flush=True)  # fmt: skip
-    serve(args.run, host=args.host, port=args.port, api_key=api_key, max_queue=args.max_queue)
+    serve(
+        args.run,
+        host=args.host,
+        port=args.port,
+        api_key=api_key,
+        max_queue=args.max_queue,
+        max_batch=args.max_batch,
+        cors_origins=args.cors_origin,
+        engine=args.engine,
+    )
     return 0
 
 
@@ -190,7 +199,21 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
             sp.add_argument("--port", type=int, default=8000)
             sp.add_argument("--api-key", help="require Authorization: Bearer KEY (or set DOMAIN_EXPERT_API_KEY)")
-            sp.add_argument("--max-queue", type=int, default=16, help="waiting requests beyond this get HTTP 429")
+            sp.add_argument("--max-queue", type=int, default=32, help="waiting requests beyond this get HTTP 429")
+            sp.add_argument("--max-batch", type=int, default=32, help="requests generated together (batch rows)")
+            sp.add_argument(
+                "--cors-origin",
+                action="append",
+                default=[],
+                metavar="ORIGIN",
+                help="allow browser pages from ORIGIN to call the API (repeatable; off by default)",
+            )
+            sp.add_argument(
+                "--engine",
+                choices=["transformers", "vllm"],
+                default="transformers",
+                help="transformers (default, CPU or GPU) or vllm (GPU, needs `pip install vllm`)",
+            )
         if name in ("generate", "chat"):
             sp.add_argument("run", type=Path, help="run folder, its finetune/ or export/ folder, or a model folder")
             if name == "generate":
