@@ -50,8 +50,11 @@ def serve(
     else:
         from domain_expert.generate import load_for_inference
 
-        eng = TransformersEngine(
-            load_for_inference(run_path, device=device, dtype=dtype), served, max_queue=max_queue, max_batch=max_batch
+        eng = TransformersEngine(  # loaded on the engine's own thread (faster decoding on CPU)
+            lambda: load_for_inference(run_path, device=device, dtype=dtype),
+            served,
+            max_queue=max_queue,
+            max_batch=max_batch,
         )
     app = create_app(
         eng,

@@ -1,7 +1,9 @@
 """The OpenAI-compatible HTTP API (FastAPI) over an `Engine`.
 
-Routes: GET /health (always open), GET /v1/models, GET /v1/models/{id}, POST /v1/chat/completions (whole or streamed
-as server-sent events ending with `data: [DONE]`). Every error is OpenAI's JSON shape
+Routes: GET / (the chat page, open without a key; its API calls need one), GET /health and GET /ping (always open),
+GET /v1/models, GET /v1/models/{id}, POST /v1/chat/completions and POST /v1/completions (whole, or streamed as
+server-sent events ending with `data: [DONE]`; n choices; log-probs; echo and max_tokens 0 to score a text),
+POST /invocations (SageMaker: the chat body), GET /metrics (Prometheus). Every error is OpenAI's JSON shape
 `{"error": {"message", "type", "param", "code"}}`. Request bodies are validated strictly (unknown fields are refused),
 limited in size, and no request field is ever used as a file path: model names are only looked up in the engine.
 """

@@ -123,13 +123,22 @@ class TransformersEngine:
     """Serves a LoadedModel (domain_expert.generate.load_for_inference) with continuous batching (serve/batcher.py)."""
 
     def __init__(self, lm, name: str, *, max_queue: int = 32, max_batch: int = 32, metrics=None):
-        from domain_expert.serve.batcher import BatchScheduler, LoraDelta
+        """`lm`: a LoadedModel, or a function returning one, which is then called on the scheduler's thread (faster
+        on CPU: see BatchScheduler). The engine owns the model: it merges the adapter into the weights."""
+        from domain_expert.serve.batcher import BatchScheduler
 
-        self.lm = lm
         self.name = name
         self.max_batch = max_batch
         self.admission = Admission(max_queue, concurrency=max_batch)
         self.metrics = metrics
+        self.scheduler = BatchScheduler(
+            lambda: self._build(lm() if callable(lm) else lm), max_batch=max_batch, on_step=self._on_step
+        )
+
+    def _build(self, lm) -> dict:
+        from domain_expert.serve.batcher import LoraDelta
+
+        self.lm = lm
         model = lm.model
         delta = None
         if lm.has_adapter:
@@ -137,7 +146,7 @@ class TransformersEngine:
             delta = LoraDelta(model)
             model = model.merge_and_unload()
             delta.bind(model)
-            lm.model, lm.has_adapter = model, True
+            lm.model = model
         cfg = getattr(model, "config", None)
         self.context_length = getattr(cfg, "max_position_embeddings", None)
         tok = lm.tokenizer
@@ -145,15 +154,13 @@ class TransformersEngine:
         eos_ids = {tok.eos_token_id} | set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         eos_ids.discard(None)
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        self.scheduler = BatchScheduler(
-            model,
-            prefix=self._shared_prefix(),
+        return dict(
+            model=model,
             eos_ids=eos_ids,
             pad_id=pad,
             context_length=self.context_length,
             base_delta=delta,
-            max_batch=max_batch,
-            on_step=self._on_step,
+            prefix=self._shared_prefix(),
         )
 
     def _on_step(self, step: dict) -> None:
