@@ -128,3 +128,13 @@ def test_help_is_fast_and_imports_no_torch():
     code = "import sys; from domain_expert.cli import build_parser; build_parser(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    "flag, value, says",
+    [("--max-batch", "0", "1 or more"), ("--max-queue", "-1", "0 or more"), ("--port", "70000", "0..65535")],
+)
+def test_serve_rejects_bad_numbers_before_loading(flag, value, says, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["serve", "runs/none", flag, value])
+    assert e.value.code == 2 and says in capsys.readouterr().err

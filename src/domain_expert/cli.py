@@ -197,10 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "serve":
             sp.add_argument("run", type=Path, help="run folder, its finetune/ or export/ folder, or a model folder")
             sp.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
-            sp.add_argument("--port", type=int, default=8000)
+            sp.add_argument("--port", type=_int_at_least(0, 65535), default=8000)
             sp.add_argument("--api-key", help="require Authorization: Bearer KEY (or set DOMAIN_EXPERT_API_KEY)")
-            sp.add_argument("--max-queue", type=int, default=32, help="waiting requests beyond this get HTTP 429")
-            sp.add_argument("--max-batch", type=int, default=32, help="requests generated together (batch rows)")
+            sp.add_argument(
+                "--max-queue", type=_int_at_least(0), default=32, help="waiting requests beyond this get HTTP 429"
+            )
+            sp.add_argument(
+                "--max-batch", type=_int_at_least(1), default=32, help="requests generated together (batch rows)"
+            )
             sp.add_argument(
                 "--cors-origin",
                 action="append",
@@ -221,6 +225,25 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--base", action="store_true", help="ask the untuned base model, same prompt format")
             sp.add_argument("--max-new-tokens", type=int, default=128 if name == "generate" else 256)
     return p
+
+
+def _int_at_least(low: int, high: int | None = None):
+    """argparse type: an integer in [low, high], with a message that says the allowed range."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(
+                f"{value} is out of range: use {low}..{high}"
+                if high is not None
+                else f"{value} is too small: use {low} or more"
+            )
+        return value
+
+    return parse
 
 
 def main(argv: list[str] | None = None) -> int:

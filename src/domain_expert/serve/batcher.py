@@ -123,7 +123,7 @@ class BatchScheduler:
         """`build()` runs on the worker thread and returns the model and its settings (see `_configure`). Loading
         and running the model on one thread matters on CPU: a decoding step run on another thread than the one that
         did the model's first parallel work was ~28% slower here (35 vs 45 ms per SmolLM2 step at batch 1; OpenMP
-        thread teams are per calling thread)."""
+        thread teams are per calling thread; bench/serve_levers.py)."""
         self.max_batch = max_batch
         self.max_prefill_tokens = max_prefill_tokens
         self.max_wait = max_wait
@@ -320,7 +320,7 @@ class BatchScheduler:
         """Logits (float32, [rows, positions or 1, vocab]). The decoder and the head are called separately: through
         the full model, `logits_to_keep=1` hands the head a strided [rows, 1, hidden] view, which on CPU goes through
         a batched matmul that copies the whole (tied, transposed) embedding matrix every call: ~230 ms of a 300 ms
-        prefill for SmolLM2 here. A contiguous [rows, hidden] input is a plain matmul."""
+        prefill for SmolLM2 here (bench/serve_levers.py). A contiguous [rows, hidden] input is a plain matmul."""
         out = self.decoder(
             input_ids=ids.to(self.device),
             attention_mask=mask.to(self.device),
