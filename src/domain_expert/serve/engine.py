@@ -119,7 +119,61 @@ def find_stop(text: str, stops: list[str]) -> int:
     return min(hits) if hits else -1
 
 
-class TransformersEngine:
+class ChatEngine:
+    """What every engine shares: model names (`<name>`, `<name>:base`), prompts in the run's trained format, and
+    `stream`/`generate` over a subclass's `_stream(request)` async generator, which yields None once admitted, then
+    StreamChunks, the last one carrying the result. Subclasses set `name`, `tokenizer`, `fmt`, `has_base`."""
+
+    name: str
+    tokenizer: object
+    fmt: object
+    has_base: bool
+
+    def model_ids(self) -> list[str]:
+        return [self.name, self.name + BASE_SUFFIX] if self.has_base else [self.name]
+
+    def _is_base(self, model: str) -> bool:
+        if model not in self.model_ids():
+            raise UnknownModelError(f"model '{model}' not found; this server has {', '.join(self.model_ids())}")
+        return model.endswith(BASE_SUFFIX) and model != self.name
+
+    def _encode(self, messages: list[dict] | str) -> list[int]:
+        tok, fmt = self.tokenizer, self.fmt
+        if isinstance(messages, str):  # raw text: the tokenizer's own special tokens (BOS if it adds one)
+            return tok(messages)["input_ids"]
+        if messages and messages[0]["role"] == "system":  # the client's system prompt replaces the trained one
+            fmt = dataclasses.replace(fmt, system=messages[0]["content"])
+            messages = messages[1:]
+        ids = tok(fmt.render_messages(tok, messages), add_special_tokens=False)["input_ids"]
+        if fmt.style == "plain" and tok.bos_token_id is not None:
+            ids = [tok.bos_token_id, *ids]
+        return ids
+
+    def count_prompt_tokens(self, model: str, messages: list[dict] | str) -> int:
+        self._is_base(model)
+        return len(self._encode(messages))
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamChunk]:
+        agen = self._stream(request)
+        await agen.__anext__()  # runs admission now, so a refusal is an HTTP status, not a broken stream
+        return agen
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        agen = self._stream(request)
+        result = None
+        try:
+            async for chunk in agen:
+                if chunk is not None and chunk.result is not None:
+                    result = chunk.result
+        finally:
+            await agen.aclose()
+        return result
+
+    def _stream(self, request: GenerationRequest):  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class TransformersEngine(ChatEngine):
     """Serves a LoadedModel (domain_expert.generate.load_for_inference) with continuous batching (serve/batcher.py)."""
 
     def __init__(self, lm, name: str, *, max_queue: int = 32, max_batch: int = 32, metrics=None):
@@ -139,6 +193,7 @@ class TransformersEngine:
         from domain_expert.serve.batcher import LoraDelta
 
         self.lm = lm
+        self.tokenizer, self.fmt, self.has_base = lm.tokenizer, lm.fmt, lm.has_adapter
         model = lm.model
         delta = None
         if lm.has_adapter:
@@ -175,35 +230,6 @@ class TransformersEngine:
         while all(len(p) > n and p[n] == probes[0][n] for p in probes):
             n += 1
         return probes[0][:n]
-
-    # --- model names -------------------------------------------------------------------------------------------
-
-    def model_ids(self) -> list[str]:
-        return [self.name, self.name + BASE_SUFFIX] if self.lm.has_adapter else [self.name]
-
-    def _is_base(self, model: str) -> bool:
-        if model not in self.model_ids():
-            raise UnknownModelError(f"model '{model}' not found; this server has {', '.join(self.model_ids())}")
-        return model.endswith(BASE_SUFFIX) and model != self.name
-
-    # --- prompt ------------------------------------------------------------------------------------------------
-
-    def _encode(self, messages: list[dict] | str) -> list[int]:
-        lm, tok = self.lm, self.lm.tokenizer
-        if isinstance(messages, str):  # raw text: the tokenizer's own special tokens (BOS if it adds one)
-            return tok(messages)["input_ids"]
-        fmt = lm.fmt
-        if messages and messages[0]["role"] == "system":  # the client's system prompt replaces the trained one
-            fmt = dataclasses.replace(fmt, system=messages[0]["content"])
-            messages = messages[1:]
-        ids = tok(fmt.render_messages(tok, messages), add_special_tokens=False)["input_ids"]
-        if fmt.style == "plain" and tok.bos_token_id is not None:
-            ids = [tok.bos_token_id, *ids]
-        return ids
-
-    def count_prompt_tokens(self, model: str, messages: list[dict] | str) -> int:
-        self._is_base(model)
-        return len(self._encode(messages))
 
     # --- generation --------------------------------------------------------------------------------------------
 
@@ -254,22 +280,6 @@ class TransformersEngine:
         finally:
             seq.cancel.set()
             self.admission.release()
-
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamChunk]:
-        agen = self._stream(request)
-        await agen.__anext__()  # runs admission now, so a refusal is an HTTP status, not a broken stream
-        return agen
-
-    async def generate(self, request: GenerationRequest) -> GenerationResult:
-        agen = self._stream(request)
-        result = None
-        try:
-            async for chunk in agen:
-                if chunk is not None and chunk.result is not None:
-                    result = chunk.result
-        finally:
-            await agen.aclose()
-        return result
 
     async def _stream(self, request: GenerationRequest):
         tok = self.lm.tokenizer

@@ -9,21 +9,19 @@ says how to install it when missing. Written against vLLM's documented AsyncLLME
 
 from __future__ import annotations
 
-import dataclasses
 import time
 import uuid
 from pathlib import Path
 
 from domain_expert.errors import DomainExpertError
 from domain_expert.serve.engine import (
-    BASE_SUFFIX,
     Admission,
+    ChatEngine,
     EngineError,
     GenerationRequest,
     GenerationResult,
     StreamChunk,
     TokenLogprob,
-    UnknownModelError,
 )
 
 
@@ -31,10 +29,11 @@ class VLLMUnavailableError(DomainExpertError):
     pass
 
 
-class VLLMEngine:
+class VLLMEngine(ChatEngine):
     def __init__(self, engine, tokenizer, fmt, name: str, lora_request, *, context_length, max_queue, max_batch):
         self.engine, self.tokenizer, self.fmt, self.name = engine, tokenizer, fmt, name
         self.lora_request = lora_request
+        self.has_base = lora_request is not None
         self.context_length = context_length
         self.admission = Admission(max_queue, concurrency=max_batch)
         self.metrics = None
@@ -80,31 +79,6 @@ class VLLMEngine:
         ctx = getattr(AutoConfig.from_pretrained(model_path), "max_position_embeddings", None)
         return cls(engine, tokenizer, fmt, name, lora, context_length=ctx, max_queue=max_queue, max_batch=max_batch)
 
-    def model_ids(self) -> list[str]:
-        return [self.name, self.name + BASE_SUFFIX] if self.lora_request is not None else [self.name]
-
-    def _is_base(self, model: str) -> bool:
-        if model not in self.model_ids():
-            raise UnknownModelError(f"model '{model}' not found; this server has {', '.join(self.model_ids())}")
-        return model.endswith(BASE_SUFFIX) and model != self.name
-
-    def _encode(self, messages) -> list[int]:
-        tok = self.tokenizer
-        if isinstance(messages, str):
-            return tok(messages)["input_ids"]
-        fmt = self.fmt
-        if messages and messages[0]["role"] == "system":
-            fmt = dataclasses.replace(fmt, system=messages[0]["content"])
-            messages = messages[1:]
-        ids = tok(fmt.render_messages(tok, messages), add_special_tokens=False)["input_ids"]
-        if fmt.style == "plain" and tok.bos_token_id is not None:
-            ids = [tok.bos_token_id, *ids]
-        return ids
-
-    def count_prompt_tokens(self, model: str, messages) -> int:
-        self._is_base(model)
-        return len(self._encode(messages))
-
     def _params(self, request: GenerationRequest):
         from vllm import SamplingParams
 
@@ -118,22 +92,6 @@ class VLLMEngine:
             logprobs=request.logprobs,
             prompt_logprobs=request.logprobs if request.echo and request.logprobs is not None else None,
         )
-
-    async def stream(self, request: GenerationRequest):
-        agen = self._stream(request)
-        await agen.__anext__()
-        return agen
-
-    async def generate(self, request: GenerationRequest) -> GenerationResult:
-        agen = self._stream(request)
-        result = None
-        try:
-            async for chunk in agen:
-                if chunk is not None and chunk.result is not None:
-                    result = chunk.result
-        finally:
-            await agen.aclose()
-        return result
 
     async def _stream(self, request: GenerationRequest):
         base = self._is_base(request.model)
