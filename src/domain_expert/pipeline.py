@@ -85,7 +85,8 @@ def run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False) -> Pat
   report          {report_dir / "report.html"}   (and report.md)
 Ask it:   domain-expert generate {run_dir} "What is thrombocytopenia?"   (add --base for the untuned model)
 Chat:     domain-expert chat {run_dir}
-Serve:    domain-expert serve {run_dir}   (OpenAI API on http://127.0.0.1:8000/v1, models {run_dir.name}[:base])
+Serve:    domain-expert serve {run_dir}   (http://127.0.0.1:8000/: chat page, base vs tuned side by side;
+          OpenAI API at /v1, models {run_dir.name} and {run_dir.name}:base)
 Not a clinician: answers can be wrong; not medical advice.""")
     return run_dir
 
