@@ -85,3 +85,15 @@ def test_check_fits_names_the_limit():
         check_fits(Dist(world=3), batch_size=2, n_examples=100)
     with pytest.raises(ConfigError, match="only 2 example.*2 training examples"):
         check_fits(Dist(world=3), batch_size=8, n_examples=2)
+
+
+@pytest.mark.parametrize("var", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
+def test_sharded_accelerate_launch_is_refused(var, monkeypatch):
+    from domain_expert import distributed
+    from domain_expert.errors import ConfigError
+
+    monkeypatch.setenv(var, "true")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError) as e:
+        distributed.setup("cpu")  # before any process group is joined
+    assert var in e.value.one_line() and "ddp.yaml" in e.value.one_line()

@@ -42,9 +42,22 @@ def launched_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE") or 1)
 
 
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
+
+
 def setup(device: str) -> Dist:
     """Join the process group a launcher prepared: gloo on CPU, nccl on CUDA, one GPU per local rank."""
     world = launched_world_size()
+    sharded = [k for k in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED") if _env_true(k)]
+    if sharded:  # accelerate launch sets these from an FSDP / DeepSpeed config
+        raise ConfigError(
+            f"finetune does not shard the model, but it was launched with accelerate's {' and '.join(sharded)}: "
+            "it would silently run as plain data parallel with a full model copy per process",
+            where="accelerate config (distributed_type)",
+            fix="launch finetune with configs/accelerate/ddp.yaml or torchrun; the FSDP / ZeRO-3 configs are for "
+            "accelerate-prepared loops such as the Hugging Face Trainer (docs/scale.md)",
+        )
     if world <= 1:
         return Dist(device=device)
     if device not in ("cpu", "cuda"):
