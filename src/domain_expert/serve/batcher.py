@@ -258,9 +258,10 @@ class BatchScheduler:
 
     def _prefill(self, lane: _Lane, seqs: list[Sequence]) -> None:
         p = len(self.prefix)
-        cached = [s for s in seqs if p and not s.prompt_logprobs and tuple(s.prompt_ids[:p]) == self.prefix]
-        cached = [s for s in cached if len(s.prompt_ids) > p]
-        rest = [s for s in seqs if s not in cached]
+        cached, rest = [], []
+        for s in seqs:  # the prefix serves prompts that extend it, unless every prompt token's log-prob is asked
+            use = p and not s.prompt_logprobs and len(s.prompt_ids) > p and tuple(s.prompt_ids[:p]) == self.prefix
+            (cached if use else rest).append(s)
         if cached:
             self._prefill_group(lane, cached, self._prefix_kv(lane))
         if rest:
