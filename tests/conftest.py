@@ -98,6 +98,16 @@ def tiny_args(tiny_model_dir, tmp_path):
 
 
 @pytest.fixture(scope="session")
+def tiny_data(tiny_model_dir, tmp_path_factory) -> Path:
+    """Prepared data (data/{train,val,test}.jsonl) of a tiny run. Shared read-only: finetune it with --data."""
+    from domain_expert.cli import main
+
+    run_dir = tmp_path_factory.mktemp("prepared") / "run"
+    assert main(["prepare", *tiny_overrides(tiny_model_dir, run_dir)]) == 0
+    return run_dir / "data"
+
+
+@pytest.fixture(scope="session")
 def tiny_tuned(tiny_model_dir, tmp_path_factory) -> Path:
     """A prepared and fine-tuned tiny run, not evaluated. Shared read-only: tests write their outputs elsewhere."""
     from domain_expert.cli import main

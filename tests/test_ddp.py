@@ -17,13 +17,6 @@ from domain_expert.distributed import Dist, check_fits
 from domain_expert.errors import ConfigError
 
 
-@pytest.fixture(scope="module")
-def data_dir(tiny_model_dir, tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("ddp") / "run"
-    assert main(["prepare", *tiny_overrides(tiny_model_dir, run_dir)]) == 0
-    return run_dir / "data"
-
-
 def _args(model_dir: Path, data: Path, out: Path, **extra: str) -> list[str]:
     settings = {
         "train.max_steps": "6",
@@ -48,10 +41,10 @@ def _curve(out: Path) -> list[dict]:
     return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_two_processes_follow_the_one_process_loss_curve(tiny_model_dir, data_dir, tmp_path):
+def test_two_processes_follow_the_one_process_loss_curve(tiny_model_dir, tiny_data, tmp_path):
     one, two = tmp_path / "one" / "finetune", tmp_path / "two" / "finetune"
-    assert main(_args(tiny_model_dir, data_dir, one)) == 0
-    proc = _torchrun(2, _args(tiny_model_dir, data_dir, two))
+    assert main(_args(tiny_model_dir, tiny_data, one)) == 0
+    proc = _torchrun(2, _args(tiny_model_dir, tiny_data, two))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "2 processes" in proc.stdout
 
@@ -70,9 +63,9 @@ def test_two_processes_follow_the_one_process_loss_curve(tiny_model_dir, data_di
     assert sorted(p.name for p in (two / "checkpoints").iterdir()) == ["step-000003", "step-000006"]
 
 
-def test_more_processes_than_a_batch_has_rows_fails_before_training(tiny_model_dir, data_dir, tmp_path):
+def test_more_processes_than_a_batch_has_rows_fails_before_training(tiny_model_dir, tiny_data, tmp_path):
     out = tmp_path / "run" / "finetune"
-    proc = _torchrun(2, _args(tiny_model_dir, data_dir, out, **{"train.batch_size": "1", "train.grad_accum": "1"}))
+    proc = _torchrun(2, _args(tiny_model_dir, tiny_data, out, **{"train.batch_size": "1", "train.grad_accum": "1"}))
     assert proc.returncode != 0
     assert "error: launcher (--nproc_per_node): 2 processes but each optimizer step has only 1 example" in proc.stderr
     assert "launch at most 1 process" in proc.stderr

@@ -34,13 +34,6 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-@pytest.fixture(scope="module")
-def data_dir(tiny_model_dir, tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("resume") / "run"
-    assert main(["prepare", *tiny_overrides(tiny_model_dir, run_dir)]) == 0
-    return run_dir / "data"
-
-
 def _args(model_dir: Path, data: Path, out: Path, **extra: str) -> list[str]:
     settings = {
         "train.max_steps": str(STEPS),
@@ -61,13 +54,13 @@ def _tree(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_sigkill_then_resume_matches_uninterrupted_run(tiny_model_dir, data_dir, tmp_path):
+def test_sigkill_then_resume_matches_uninterrupted_run(tiny_model_dir, tiny_data, tmp_path):
     ref = tmp_path / "ref" / "finetune"
-    assert main(_args(tiny_model_dir, data_dir, ref)) == 0
+    assert main(_args(tiny_model_dir, tiny_data, ref)) == 0
 
     out = tmp_path / "killed" / "finetune"
     log = open(tmp_path / "killed.log", "w")
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_STEPS, *_args(tiny_model_dir, data_dir, out)],
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_STEPS, *_args(tiny_model_dir, tiny_data, out)],
                             stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
     marker = out / "checkpoints" / "step-000004" / "trainer_state.json"
     deadline = time.time() + 120
@@ -81,7 +74,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tiny_model_dir, data_dir,
     assert proc.returncode == -signal.SIGKILL
     assert not (out / "stage.json").exists()
 
-    assert main([*_args(tiny_model_dir, data_dir, out), "--resume"]) == 0
+    assert main([*_args(tiny_model_dir, tiny_data, out), "--resume"]) == 0
     got, want = _summary(out), _summary(ref)
     assert got["resumed_from_step"] >= 4 and got["steps"] == STEPS
     diff = abs(got["val_loss_end"] - want["val_loss_end"]) / want["val_loss_end"]
@@ -97,10 +90,10 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tiny_model_dir, data_dir,
 
 
 @pytest.fixture(scope="module")
-def interrupted(tiny_model_dir, data_dir, tmp_path_factory) -> Path:
+def interrupted(tiny_model_dir, tiny_data, tmp_path_factory) -> Path:
     """A finished 4-step run turned back into an interrupted one: checkpoints at steps 2 and 4, no stage.json."""
     out = tmp_path_factory.mktemp("interrupted") / "finetune"
-    assert main(_args(tiny_model_dir, data_dir, out, **{"train.max_steps": "4"})) == 0
+    assert main(_args(tiny_model_dir, tiny_data, out, **{"train.max_steps": "4"})) == 0
     (out / "stage.json").unlink()
     return out
 
@@ -120,28 +113,28 @@ def _fails(argv: list[str], capsys, out: Path | None = None) -> str:
     return capsys.readouterr().err.strip()
 
 
-def test_resume_without_checkpoint(tiny_model_dir, data_dir, tmp_path, capsys):
+def test_resume_without_checkpoint(tiny_model_dir, tiny_data, tmp_path, capsys):
     out = tmp_path / "run" / "finetune"
-    err = _fails([*_args(tiny_model_dir, data_dir, out), "--resume"], capsys)
+    err = _fails([*_args(tiny_model_dir, tiny_data, out), "--resume"], capsys)
     assert "no complete checkpoint to resume from" in err and "run without --resume" in err
     assert not out.exists()
 
 
-def test_resume_with_other_lora_rank_or_base_model(tiny_model_dir, data_dir, copy, tmp_path, capsys):
-    argv = [*_args(tiny_model_dir, data_dir, copy, **{"lora.r": "8"}), "--resume"]
+def test_resume_with_other_lora_rank_or_base_model(tiny_model_dir, tiny_data, copy, tmp_path, capsys):
+    argv = [*_args(tiny_model_dir, tiny_data, copy, **{"lora.r": "8"}), "--resume"]
     err = _fails(argv, capsys, copy)
     assert "lora.r: checkpoint 16, now 8" in err and "step-000004" in err and "--overwrite" in err
 
     other = shutil.copytree(tiny_model_dir, tmp_path / "other-model")
-    err = _fails([*_args(other, data_dir, copy), "--resume"], capsys, copy)
+    err = _fails([*_args(other, tiny_data, copy), "--resume"], capsys, copy)
     assert f"model: checkpoint {tiny_model_dir}, now {other}" in err
 
 
-def test_resume_from_corrupted_checkpoint_then_from_the_previous_one(tiny_model_dir, data_dir, copy, capsys):
+def test_resume_from_corrupted_checkpoint_then_from_the_previous_one(tiny_model_dir, tiny_data, copy, capsys):
     opt = copy / "checkpoints" / "step-000004" / "optimizer.pt"
     opt.write_bytes(opt.read_bytes()[:100])  # a truncated file
     (copy / "checkpoints" / "step-000006").mkdir()  # a folder without the completion marker: ignored, reported
-    argv = [*_args(tiny_model_dir, data_dir, copy, **{"train.max_steps": "4"}), "--resume"]
+    argv = [*_args(tiny_model_dir, tiny_data, copy, **{"train.max_steps": "4"}), "--resume"]
     err = _fails(argv, capsys, copy)
     assert "optimizer.pt" in err and "truncated" in err
     assert "delete" in err and "previous checkpoint (step-000002)" in err
@@ -152,8 +145,8 @@ def test_resume_from_corrupted_checkpoint_then_from_the_previous_one(tiny_model_
     assert _summary(copy)["resumed_from_step"] == 2
 
 
-def test_finished_run_and_unfinished_run_say_what_to_do(tiny_model_dir, data_dir, copy, capsys):
-    argv = _args(tiny_model_dir, data_dir, copy, **{"train.max_steps": "4"})
+def test_finished_run_and_unfinished_run_say_what_to_do(tiny_model_dir, tiny_data, copy, capsys):
+    argv = _args(tiny_model_dir, tiny_data, copy, **{"train.max_steps": "4"})
     err = _fails(argv, capsys, copy)  # without --resume on an interrupted run
     assert "unfinished fine-tuning run" in err and "--resume" in err
     (copy / "stage.json").write_text("{}")
