@@ -141,6 +141,7 @@ def test_completions_route(engine_and_ref):
         ({"prompt": "x", "logprobs": 21}, "logprobs"),
         ({"prompt": "x", "logprobs": -1}, "logprobs"),
         ({"prompt": "x", "logprobs": 1, "stream": True}, "logprobs"),
+        ({"prompt": "x", "logprobs": 0, "stream": True}, "logprobs"),
         ({"prompt": ""}, "prompt"),
         ({"prompt": ["a"] * 17}, "prompt"),
         ({"prompt": "x", "max_tokens": -2}, "max_tokens"),

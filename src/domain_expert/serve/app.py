@@ -296,7 +296,8 @@ def create_app(
         n = body.n or 1
         if n > MAX_CHOICES:
             raise APIError(400, f"n is {n}, over this server's limit of {MAX_CHOICES}", param="n")
-        if body.stream and body.logprobs not in (None, False):
+        # `logprobs: 0` (completions: the chosen token's only) asks too; `0 in (None, False)` would let it through
+        if body.stream and body.logprobs is not None and body.logprobs is not False:
             raise APIError(400, "logprobs are returned only without streaming: set stream false", param="logprobs")
         return stop, n
 
