@@ -9,6 +9,7 @@ same loop runs data-parallel (distributed.py). docs/training.md has the commands
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -65,7 +66,7 @@ def _run(cfg: RunConfig, data_dir: Path, out_dir: Path, *, overwrite: bool, resu
     import torch
     from tqdm.auto import tqdm
 
-    from domain_expert import checkpoint, distributed
+    from domain_expert import adapter_precision, checkpoint, distributed
     from domain_expert.batching import collate, encode_records, length_grouped_batches, split_by_tokens
     from domain_expert.data.records import read_records
     from domain_expert.hardware import dtype_name, resolve_device, resolve_dtype
@@ -124,6 +125,9 @@ def _run(cfg: RunConfig, data_dir: Path, out_dir: Path, *, overwrite: bool, resu
     opt = torch.optim.AdamW(trainable, lr=t_cfg.learning_rate, weight_decay=t_cfg.weight_decay)
     saved_rng = checkpoint.restore(ckpt, model, opt, d.device) if ckpt else None
     distributed.broadcast_params(d, trainable)
+    # bf16 adapters with an fp32 master copy: `trainable` (what the optimizer steps) stays the fp32 parameters
+    mw = adapter_precision.MasterWeights(model, dtype) if adapter_precision.wanted(dtype, t_cfg.quantization) else None
+    fp32_weights_in_model = mw.master_in_model if mw else contextlib.nullcontext
     if d.enabled and not ckpt:
         torch.manual_seed(t_cfg.seed + d.rank)  # ranks see different rows: give them different dropout masks too
 
@@ -242,6 +246,8 @@ def _run(cfg: RunConfig, data_dir: Path, out_dir: Path, *, overwrite: bool, resu
                 (s / max(1, n_lab)).backward()
                 loss_sum += float(s.detach())
                 step_tokens += int(mask.sum())
+            if mw:
+                mw.grads_to_master()
             distributed.all_reduce_grads(d, trainable)
             loss_sum, step_tokens = distributed.all_sum(d, [loss_sum, float(step_tokens)])
             tokens += int(step_tokens)
@@ -251,6 +257,8 @@ def _run(cfg: RunConfig, data_dir: Path, out_dir: Path, *, overwrite: bool, resu
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
+            if mw:
+                mw.master_to_model()
             step += 1
             elapsed = clock()
             tps = tokens / max(elapsed - eval_s, 1e-9)  # training throughput: validation time excluded
@@ -285,7 +293,9 @@ def _run(cfg: RunConfig, data_dir: Path, out_dir: Path, *, overwrite: bool, resu
                     position = {"step": step, "epoch": epoch, "next_batch": b0 + t_cfg.grad_accum}
                     progress = {"tokens": tokens, "elapsed_s": time.time() - t0, "eval_s": eval_s,
                                 "first_val": first_val, "last_val": last_val}  # fmt: skip
-                    checkpoint.save(out_dir, model=model, opt=opt, rng=rng, state={**position, **progress, **run_info})
+                    with fp32_weights_in_model():
+                        checkpoint.save(out_dir, model=model, opt=opt, rng=rng,
+                                        state={**position, **progress, **run_info})  # fmt: skip
             if step >= total_steps:
                 done = True
                 break
@@ -306,7 +316,8 @@ def _run(cfg: RunConfig, data_dir: Path, out_dir: Path, *, overwrite: bool, resu
         metrics.close()
         tb.close()
 
-    model.save_pretrained(out_dir)  # adapter_config.json + adapter_model.safetensors
+    with fp32_weights_in_model():
+        model.save_pretrained(out_dir)  # adapter_config.json + adapter_model.safetensors
     tokenizer.save_pretrained(out_dir)
     summary = {
         "steps": step,

@@ -2,6 +2,11 @@
 
 The head of a small model is a large share of its FLOPs (SmolLM2: 49k vocab x 576 hidden = 28M of 135M params), and
 in instruction data most positions are prompt: computing logits only at answer positions saves that work.
+
+Rows of a batch that start with the same tokens (a shared system prompt: 20 of SmolLM2's ~69 tokens per example in
+the default run) share one pass over that prefix: it runs once as a single row, its key/value cache is repeated for
+every row, and the rest of each row attends to it. Same loss and gradients (the prefix's gradient is the sum over the
+rows), about 29% fewer tokens through the model in the default run; `bench/train_levers.py` measures it.
 """
 
 from __future__ import annotations
@@ -15,16 +20,45 @@ def supports_selective_head(model) -> bool:
     return getattr(cfg, "final_logit_softcapping", None) is None and not hasattr(cfg, "logit_scale")
 
 
+MIN_SHARED_PREFIX = 8  # below this a separate one-row pass costs more (per-call overhead) than it saves
+
+
+def shared_prefix_len(ids, mask, labels) -> int:
+    """Tokens at the start that every row has in common, unpadded, and with no label predicted from them (their
+    hidden states are needed only as keys and values). 0 when sharing would not pay."""
+    if ids.shape[0] < 2:
+        return 0
+    same = ((ids == ids[:1]) & (mask == 1)).all(dim=0)
+    n = int(same.long().cumprod(dim=0).sum())
+    unlabelled = (labels == IGNORE).all(dim=0)  # labels[:, t] is predicted from position t-1
+    n = min(n, int(unlabelled.long().cumprod(dim=0).sum()) - 1, ids.shape[1] - 1)
+    return n if n >= MIN_SHARED_PREFIX else 0
+
+
+def _checkpointing(model) -> bool:
+    # activation checkpointing turns the cache off in training: sharing needs it
+    return bool(getattr(model, "is_activation_checkpointing", False))
+
+
 def labelled_logits(model, ids, mask, labels):
-    """(fp32 logits at labelled positions [N, vocab], their targets [N], keep mask [B, T-1]) for next-token loss."""
+    """(fp32 logits at labelled positions [N, vocab], their targets [N], keep mask [B, T-1-P]) for next-token loss,
+    where P is the shared prefix that ran once (0 when not shared)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    target = labels[:, 1:]
-    keep = target != IGNORE
-    if supports_selective_head(base):
-        hidden = base.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
-        logits = base.get_output_embeddings()(hidden[:, :-1][keep]).float()
+    if not supports_selective_head(base):
+        target = labels[:, 1:]
+        keep = target != IGNORE
+        return model(input_ids=ids, attention_mask=mask).logits[:, :-1][keep].float(), target[keep], keep
+    decoder = base.get_decoder()
+    p = 0 if _checkpointing(base) else shared_prefix_len(ids, mask, labels)
+    if p:
+        cache = decoder(input_ids=ids[:1, :p], use_cache=True).cache
+        cache.batch_repeat_interleave(ids.shape[0])  # autograd sums the rows' gradients into the one prefix pass
+        hidden = decoder(input_ids=ids[:, p:], attention_mask=mask, cache=cache, use_cache=True).last_hidden_state
     else:
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1][keep].float()
+        hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state
+    target = labels[:, p + 1 :]
+    keep = target != IGNORE
+    logits = base.get_output_embeddings()(hidden[:, :-1][keep]).float()
     return logits, target[keep], keep
 
 
