@@ -1,54 +1,94 @@
-"""A training lever not yet in `finetune`, measured: LoRA adapter weights in fp32 (PEFT's default with a bf16 base:
-every adapted layer casts its input to fp32 and back) vs bf16 adapter weights, same bf16 base, same batches, forward
-and backward only (no optimizer step), two rounds each. Keeping bf16 adapters in training would need an fp32 master
-copy for the optimizer; this only measures the speed side.
+"""The two training levers `finetune` uses beyond bf16 and length grouping, measured one by one: forward + backward
+tokens/s of SmolLM2 + LoRA on the default run's batches (bf16 base), with
 
-    .venv/bin/python bench/train_levers.py        # needs runs/medical-terms/data (after `make run`)
+- adapters fp32 (PEFT's default on a bf16 base: every adapted layer casts its input to fp32 and back) or bf16
+  (`adapter_precision.MasterWeights`: bf16 copies in the model, the fp32 master in the optimizer);
+- the prefix every row of a batch shares (the system prompt) run once per batch or once per row
+  (`losses.shared_prefix_len`).
+
+Same batches for every variant, no optimizer step (the same for all), interleaved rounds so drift hits all alike.
+
+    .venv/bin/python bench/train_levers.py            # needs runs/medical-terms/data (after `make run`)
+    .venv/bin/python bench/train_levers.py --batches 12 --rounds 3
 """
 
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
 import time
+from pathlib import Path
 
-import torch
-from peft import LoraConfig, get_peft_model
 
-from domain_expert.batching import collate, encode_records, length_grouped_batches, split_by_tokens
-from domain_expert.config import load_config
-from domain_expert.data.records import read_records
-from domain_expert.losses import causal_lm_loss
-from domain_expert.models import load_causal_lm, load_tokenizer, resolve_model
-from domain_expert.prompts import from_config
+def main() -> None:
+    import torch
+    from peft import LoraConfig, get_peft_model
 
-cfg = load_config("medical-terms")
-r = resolve_model(cfg.model, progress=False)
-tok = load_tokenizer(r.path)
-fmt = from_config(cfg.prompt.style, cfg.prompt.system)
-train, _ = encode_records(read_records("runs/medical-terms/data/train.jsonl"), fmt, tok, cfg.train.max_seq_len)
-lengths = [len(e.ids) for e in train]
-batches = length_grouped_batches(len(train), lengths, cfg.train.batch_size, 0, 0)
-for adapter_fp32 in (True, False, True, False):
-    model = load_causal_lm(r.path, dtype=torch.bfloat16, device="cpu", attn="eager")
-    lc = LoraConfig(
-        r=cfg.lora.r,
-        lora_alpha=cfg.lora.alpha,
-        lora_dropout=0.0,
-        target_modules=list(cfg.lora.target_modules),
-        task_type="CAUSAL_LM",
-    )
-    model = get_peft_model(model, lc, autocast_adapter_dtype=adapter_fp32)
-    n = 0
-    t = None
-    for k, b in enumerate(batches[:8]):
-        if k == 2:
-            t = time.perf_counter()
-            n = 0
-        for mb in split_by_tokens(b, lengths, cfg.train.max_batch_tokens):
-            ids, mask, labels = collate([train[i] for i in mb], tok.pad_token_id)
-            s, _ = causal_lm_loss(model, ids, mask, labels, reduction="sum")
-            s.backward()
-            n += int(mask.sum())
-    print(
-        "adapter fp32" if adapter_fp32 else "adapter bf16",
-        {p.dtype for p in model.parameters() if p.requires_grad},
-        "%.0f tok/s" % (n / (time.perf_counter() - t)),
-        flush=True,
-    )
+    from domain_expert import losses
+    from domain_expert.adapter_precision import MasterWeights
+    from domain_expert.batching import collate, encode_records, length_grouped_batches, split_by_tokens
+    from domain_expert.config import load_config
+    from domain_expert.data.records import read_records
+    from domain_expert.models import load_causal_lm, load_tokenizer, resolve_model
+    from domain_expert.prompts import from_config
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("run", nargs="?", default="runs/medical-terms")
+    ap.add_argument("--batches", type=int, default=10, help="timed batches per variant (after 2 warm-up batches)")
+    ap.add_argument("--rounds", type=int, default=2)
+    args = ap.parse_args()
+
+    cfg = load_config("medical-terms")
+    r = resolve_model(cfg.model, progress=False)
+    tok = load_tokenizer(r.path)
+    fmt = from_config(cfg.prompt.style, cfg.prompt.system)
+    train, _ = encode_records(read_records(Path(args.run) / "data/train.jsonl"), fmt, tok, cfg.train.max_seq_len)
+    lengths = [len(e.ids) for e in train]
+    batches = length_grouped_batches(len(train), lengths, cfg.train.batch_size, 0, 0)[: args.batches + 2]
+    data = [
+        [collate([train[i] for i in mb], tok.pad_token_id) for mb in split_by_tokens(b, lengths, cfg.train.max_batch_tokens)]
+        for b in batches
+    ]
+    min_prefix = losses.MIN_SHARED_PREFIX
+    variants = {
+        "adapters fp32, prefix per row": (False, False),
+        "adapters bf16 + fp32 master, prefix per row": (True, False),
+        "adapters fp32, prefix shared": (False, True),
+        "adapters bf16 + fp32 master, prefix shared (finetune)": (True, True),
+    }
+    results: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(args.rounds):
+        for name, (bf16_adapters, shared) in variants.items():
+            model = load_causal_lm(r.path, dtype=torch.bfloat16, device="cpu", attn="eager")
+            lc = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=0.0,
+                            target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM")  # fmt: skip
+            model = get_peft_model(model, lc)
+            if bf16_adapters:
+                mw = MasterWeights(model, torch.bfloat16)
+            losses.MIN_SHARED_PREFIX = min_prefix if shared else 10**9
+            n, t = 0, 0.0
+            for k, micro in enumerate(data):
+                t0 = time.perf_counter()
+                for ids, mask, labels in micro:
+                    s, _ = losses.causal_lm_loss(model, ids, mask, labels, reduction="sum")
+                    s.backward()
+                if bf16_adapters:
+                    mw.grads_to_master()
+                if k >= 2:  # the first batches pay one-off kernel set-up
+                    t += time.perf_counter() - t0
+                    n += sum(int(m[1].sum()) for m in micro)
+            results[name].append(n / t)
+            print(f"{name:55} {n / t:6.0f} tokens/s", flush=True)
+    losses.MIN_SHARED_PREFIX = min_prefix
+    base = statistics.median(results["adapters fp32, prefix per row"])
+    print("\nmedian over rounds (forward + backward, non-padding tokens/s):")
+    for name, v in results.items():
+        print(f"{name:55} {statistics.median(v):6.0f}  x{statistics.median(v) / base:.2f}")
+    out = Path("bench/results/train_levers.json")
+    out.write_text(json.dumps({"batches": args.batches, "rounds": args.rounds, "tokens_per_s": results}, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -107,8 +107,38 @@ def test_split_by_tokens_bounds_padded_size_and_keeps_every_row():
     assert sorted(i for mb in micro for i in mb) == batch
     for mb in micro:
         assert max(lengths[i] for i in mb) * len(mb) <= 300 or len(mb) == 1
-    assert split_by_tokens(batch, lengths, None) == [batch]
-    assert len(split_by_tokens(batch, lengths, 10_000)) == 1
+    assert split_by_tokens(batch, lengths, 10**6, overhead=10**6) == [sorted(batch, key=lambda i: -lengths[i])]
+    # no cap: one pass unless splitting saves more padding than a pass costs
+    assert len(split_by_tokens(batch, lengths, None, overhead=10**6)) == 1
+    assert len(split_by_tokens(batch, lengths, None, overhead=0)) > 1
+
+
+def test_split_by_tokens_is_the_cheapest_contiguous_split():
+    """Exhaustive check against every way to cut the sorted rows: padded tokens + overhead per pass, within the cap."""
+    import itertools
+    import random
+
+    from domain_expert.batching import split_by_tokens
+
+    rng = random.Random(0)
+    for _ in range(40):
+        lengths = [rng.randint(5, 120) for _ in range(rng.randint(1, 9))]
+        cap, overhead = rng.choice([None, 150, 400]), rng.choice([0, 30, 128])
+        rows = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+
+        def cost(groups):
+            if any(cap and lengths[g[0]] * len(g) > cap and len(g) > 1 for g in groups):
+                return float("inf")
+            return sum(lengths[g[0]] * len(g) + overhead for g in groups)
+
+        best = min(
+            cost([rows[a:b] for a, b in itertools.pairwise((0, *cuts, len(rows)))])
+            for k in range(len(rows))
+            for cuts in itertools.combinations(range(1, len(rows)), k)
+        )
+        got = split_by_tokens(list(range(len(lengths))), lengths, cap, overhead)
+        assert sorted(i for g in got for i in g) == list(range(len(lengths)))
+        assert cost(got) == best
 
 
 def test_token_split_does_not_change_the_step(tiny_model_dir, tok):

@@ -36,14 +36,14 @@ def encode_records(records: list[Record], fmt: PromptFormat, tokenizer, max_len:
 
 
 def length_grouped_batches(
-    n_examples: int, lengths: list[int], batch_size: int, seed: int, epoch: int
+    n_examples: int, lengths: list[int], batch_size: int, seed: int, epoch: int, window: int = 50
 ) -> list[list[int]]:
-    """Shuffle, sort within windows of 50 batches by length, then shuffle the batches: examples of similar length
-    share a batch (little padding) while the order still varies by epoch."""
+    """Shuffle, sort within windows of `window` batches by length, then shuffle the batches: examples of similar
+    length share a batch (little padding) while the order still varies by epoch. window=1: random batches."""
     rng = random.Random(seed * 1_000_003 + epoch)
     idx = list(range(n_examples))
     rng.shuffle(idx)
-    window = batch_size * 50
+    window = batch_size * window
     batches = []
     for w in range(0, n_examples, window):
         chunk = sorted(idx[w : w + window], key=lambda i: lengths[i], reverse=True)
@@ -68,20 +68,36 @@ def collate(examples: list[Example], pad_id: int):
     return ids, mask, labels
 
 
-def split_by_tokens(batch: list[int], lengths: list[int], max_tokens: int | None) -> list[list[int]]:
-    """Split one batch into micro-batches whose padded size (rows x longest row) stays within max_tokens.
-    Rows are taken longest first so each micro-batch pads little; a single over-long row is its own micro-batch."""
-    if not max_tokens:
-        return [batch]
+# What one more forward/backward pass costs beyond its tokens, in tokens (per-layer calls, the shared-prefix pass):
+# the split below pads a little more rather than run a pass for a few rows. bench/train_levers.py measures it.
+PASS_OVERHEAD_TOKENS = 128
+
+
+def split_by_tokens(
+    batch: list[int], lengths: list[int], max_tokens: int | None, overhead: int = PASS_OVERHEAD_TOKENS
+) -> list[list[int]]:
+    """Split one batch into micro-batches (forward/backward passes whose gradients add up to the batch's): rows
+    sorted longest first, cut where the cost, padded tokens plus `overhead` per pass, is least, with each
+    micro-batch's padded size (rows x longest row) within max_tokens (a single over-long row is its own
+    micro-batch). A batch of mixed lengths thus runs as a few passes of similar lengths instead of one padded to its
+    longest row: random batches (the examples a step sees) with little padding. Exact over contiguous splits of the
+    sorted rows (dynamic programming; a batch is tens of rows)."""
     rows = sorted(batch, key=lambda i: lengths[i], reverse=True)
+    n = len(rows)
+    cap = max_tokens or float("inf")
+    best = [0.0] + [float("inf")] * n  # best[j]: least cost of the first j rows
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(j - 1, -1, -1):  # group rows[i:j]; rows[i] is its longest
+            size = lengths[rows[i]] * (j - i)
+            if size > cap and j - i > 1:
+                break  # a wider group (smaller i) is only bigger
+            cost = best[i] + size + overhead
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
     out: list[list[int]] = []
-    cur: list[int] = []
-    for i in rows:
-        width = lengths[cur[0]] if cur else lengths[i]  # rows are sorted: the first is the widest
-        if cur and width * (len(cur) + 1) > max_tokens:
-            out.append(cur)
-            cur = []
-        cur.append(i)
-    if cur:
-        out.append(cur)
-    return out
+    j = n
+    while j > 0:
+        out.append(rows[cut[j] : j])
+        j = cut[j]
+    return out[::-1]

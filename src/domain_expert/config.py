@@ -141,6 +141,11 @@ class TrainConfig(_Strict):
         16, gt=0, description="sequences per batch, all processes together (each rank takes its share of the rows)"
     )
     grad_accum: int = Field(1, gt=0, description="batches per optimizer step")
+    length_window: int = Field(
+        50,
+        gt=0,
+        description="batches whose examples are sorted by length together (less padding); 1 = random batches",
+    )
     max_seq_len: int = Field(256, gt=8, description="longer records are truncated (counted in the manifest)")
     max_batch_tokens: int | None = Field(
         # bench/cpu_levers.py, SmolLM2: 1024 -> +2.2 GiB at 398 tokens/s, 2048 -> +3.5 GiB at 429, no cap -> +3.5 GiB
