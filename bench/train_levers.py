@@ -47,7 +47,10 @@ def main() -> None:
     lengths = [len(e.ids) for e in train]
     batches = length_grouped_batches(len(train), lengths, cfg.train.batch_size, 0, 0)[: args.batches + 2]
     data = [
-        [collate([train[i] for i in mb], tok.pad_token_id) for mb in split_by_tokens(b, lengths, cfg.train.max_batch_tokens)]
+        [
+            collate([train[i] for i in mb], tok.pad_token_id)
+            for mb in split_by_tokens(b, lengths, cfg.train.max_batch_tokens)
+        ]
         for b in batches
     ]
     min_prefix = losses.MIN_SHARED_PREFIX

@@ -126,7 +126,7 @@ def test_split_by_tokens_is_the_cheapest_contiguous_split():
         cap, overhead = rng.choice([None, 150, 400]), rng.choice([0, 30, 128])
         rows = sorted(range(len(lengths)), key=lambda i: -lengths[i])
 
-        def cost(groups):
+        def cost(groups, lengths=lengths, cap=cap, overhead=overhead):
             if any(cap and lengths[g[0]] * len(g) > cap and len(g) > 1 for g in groups):
                 return float("inf")
             return sum(lengths[g[0]] * len(g) + overhead for g in groups)

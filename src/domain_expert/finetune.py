@@ -229,9 +229,7 @@ def _run(cfg: RunConfig, data_dir: Path, out_dir: Path, *, overwrite: bool, resu
     bar = tqdm(total=total_steps, initial=step, unit="step", desc="finetune", dynamic_ncols=True, disable=not d.main)
     done = step >= total_steps
     while not done:
-        batches = length_grouped_batches(
-            len(train), lengths, t_cfg.batch_size, t_cfg.seed, epoch, t_cfg.length_window
-        )
+        batches = length_grouped_batches(len(train), lengths, t_cfg.batch_size, t_cfg.seed, epoch, t_cfg.length_window)
         for b0 in range(start, len(batches), t_cfg.grad_accum):
             # One optimizer step = grad_accum batches of batch_size rows, the same for any number of processes;
             # each rank takes its share of every batch and splits it into token-budget micro-batches.
