@@ -51,9 +51,15 @@ def labelled_logits(model, ids, mask, labels):
     decoder = base.get_decoder()
     p = 0 if _checkpointing(base) else shared_prefix_len(ids, mask, labels)
     if p:
-        cache = decoder(input_ids=ids[:1, :p], use_cache=True).cache
+        import inspect
+
+        # transformers 5.x renames forward's `past_key_values` to `cache` (the old name goes in 5.40); an unknown
+        # name would be swallowed by **kwargs and the rows would silently not see the prefix
+        name = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+        out = decoder(input_ids=ids[:1, :p], use_cache=True)
+        cache = getattr(out, name)
         cache.batch_repeat_interleave(ids.shape[0])  # autograd sums the rows' gradients into the one prefix pass
-        hidden = decoder(input_ids=ids[:, p:], attention_mask=mask, cache=cache, use_cache=True).last_hidden_state
+        hidden = decoder(input_ids=ids[:, p:], attention_mask=mask, use_cache=True, **{name: cache}).last_hidden_state
     else:
         hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state
     target = labels[:, p + 1 :]
