@@ -29,9 +29,9 @@ fmt = from_config(cfg.prompt.style, cfg.prompt.system)
 train, _ = encode_records(read_records("runs/medical-terms/data/train.jsonl"), fmt, tok, 256)
 lengths = [len(e.ids) for e in train]
 model = load_causal_lm(r.path, dtype=torch.bfloat16, device="cpu", attn="eager")
-model = get_peft_model(
-    model, LoraConfig(r=16, lora_alpha=32, target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM")
-)
+lc = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=0.0,
+                target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM")  # fmt: skip
+model = get_peft_model(model, lc)
 mw = MasterWeights(model, torch.bfloat16)
 losses.MIN_SHARED_PREFIX = 10**9  # plain path: no cache inside the compiled graph
 base = model.get_base_model()

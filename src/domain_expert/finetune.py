@@ -136,7 +136,8 @@ def _run(cfg: RunConfig, data_dir: Path, out_dir: Path, *, overwrite: bool, resu
     # length-grouped batches a step of short answers would otherwise weigh each of its tokens several times more
     # than a step of long ones. Measured (bench/train_throughput.py, 60 steps): val loss 2.155 -> 2.140 (seed 0),
     # 2.176 -> 2.153 (seed 1). Over all ranks and micro-batches the gradients still add up to the one-process one.
-    label_scale = sum(len(e.ids) - max(1, e.start) for e in train) / len(train) * t_cfg.batch_size * t_cfg.grad_accum
+    n_labels = [len(e.ids) - max(1, e.start) for e in train]  # next-token targets per example
+    label_scale = sum(n_labels) / len(train) * t_cfg.batch_size * t_cfg.grad_accum
     batches_per_epoch = math.ceil(len(train) / t_cfg.batch_size)
     steps_per_epoch = math.ceil(batches_per_epoch / t_cfg.grad_accum)
     total_steps = max(1, math.ceil(t_cfg.epochs * steps_per_epoch))
@@ -239,7 +240,7 @@ def _run(cfg: RunConfig, data_dir: Path, out_dir: Path, *, overwrite: bool, resu
             # One optimizer step = grad_accum batches of batch_size rows, the same for any number of processes;
             # each rank takes its share of every batch and splits it into token-budget micro-batches.
             group = batches[b0 : b0 + t_cfg.grad_accum]
-            n_lab = sum(sum(len(train[i].ids) - max(1, train[i].start) for i in b) for b in group)
+            n_lab = sum(n_labels[i] for b in group for i in b)
             loss_sum, step_tokens = 0.0, 0
             mine = [distributed.shard(b, lengths, d) for b in group]
             micro = [mb for rows in mine if rows for mb in split_by_tokens(rows, lengths, t_cfg.max_batch_tokens)]

@@ -51,11 +51,9 @@ def labelled_logits(model, ids, mask, labels):
     decoder = base.get_decoder()
     p = 0 if _checkpointing(base) else shared_prefix_len(ids, mask, labels)
     if p:
-        import inspect
+        from domain_expert.models import cache_kwarg
 
-        # transformers 5.x renames forward's `past_key_values` to `cache` (the old name goes in 5.40); an unknown
-        # name would be swallowed by **kwargs and the rows would silently not see the prefix
-        name = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+        name = cache_kwarg(decoder)
         out = decoder(input_ids=ids[:1, :p], use_cache=True)
         cache = getattr(out, name)
         cache.batch_repeat_interleave(ids.shape[0])  # autograd sums the rows' gradients into the one prefix pass

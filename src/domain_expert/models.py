@@ -6,6 +6,7 @@ The built-in default, SmolLM2-135M-Instruct, ships as a GGUF inside the `llm-smo
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import os
 from dataclasses import dataclass
@@ -191,3 +192,17 @@ def _hub_guard(fn, path: str):
             where=f"model={path}",
             fix="download the model elsewhere and pass its local folder, or use the built-in smollm2-135m-instruct",
         ) from None
+
+
+def cache_kwarg(decoder) -> str:
+    """The keyword a decoder's forward takes its key/value cache by: transformers 5.x renames `past_key_values` to
+    `cache` (the old name goes in 5.40). Passing the wrong one is silent (**kwargs swallows it and the model starts
+    a fresh cache), so callers ask rather than guess. Looked up once per decoder class."""
+    return _cache_kwarg(type(decoder))
+
+
+@functools.cache
+def _cache_kwarg(cls) -> str:
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"

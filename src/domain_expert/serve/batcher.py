@@ -23,13 +23,14 @@ thread; results go back through each sequence's `emit` callback (which must be t
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from domain_expert.models import cache_kwarg
 
 log = logging.getLogger(__name__)
 
@@ -154,9 +155,7 @@ class BatchScheduler:
         self.prefix = tuple(prefix or ())
         self.device = next(model.parameters()).device
         self.decoder, self.head = model.get_decoder(), model.get_output_embeddings()
-        # transformers 5.x renames forward's `past_key_values` to `cache` (the old name goes in 5.40)
-        params = inspect.signature(self.decoder.forward).parameters
-        self.cache_arg = "cache" if "cache" in params else "past_key_values"
+        self.cache_arg = cache_kwarg(self.decoder)
 
     # --- public --------------------------------------------------------------------------------------------------
 
