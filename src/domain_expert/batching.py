@@ -101,3 +101,122 @@ def split_by_tokens(
         out.append(rows[cut[j] : j])
         j = cut[j]
     return out[::-1]
+
+
+MIN_SHARED_PREFIX = 8  # below this a shared prefix is not worth a special case (losses.py uses the same bound)
+
+
+def common_prefix_len(examples: list[Example]) -> int:
+    """Tokens every example starts with and none is trained on (a shared system prompt): a packed row holds them
+    once. 0 when fewer than MIN_SHARED_PREFIX."""
+    if len(examples) < 2:
+        return 0
+    first = examples[0].ids
+    n = min(min(e.start for e in examples), min(len(e.ids) for e in examples) - 1)
+    for e in examples[1:]:
+        i = 0
+        while i < n and e.ids[i] == first[i]:
+            i += 1
+        n = i
+    return n if n >= MIN_SHARED_PREFIX else 0
+
+
+@dataclass
+class Packed:
+    """Several examples per row, none attending to another: a row is [shared prefix][example 1][example 2]...,
+    each example's tokens attend to the prefix and to their own earlier tokens, and its positions continue from the
+    prefix as if it were alone. Loss is taken at `target` from the hidden states at flat row positions `source`."""
+
+    ids: object  # [rows, width] long
+    positions: object  # [rows, width] long
+    allowed: object  # [rows, 1, width, width] bool: query may attend to key
+    source: object  # [N] long: index into rows*width of the hidden state that predicts each target
+    target: object  # [N] long
+    tokens: int  # the examples' own tokens (prefix counted once per example): what an unpacked pass would see
+    rows: int
+
+    def to(self, device) -> Packed:
+        t = ("ids", "positions", "allowed", "source", "target")
+        return Packed(**{k: getattr(self, k).to(device) for k in t}, tokens=self.tokens, rows=self.rows)
+
+
+def pack_rows(examples: list[Example], row_tokens: int) -> list[list[int]]:
+    """Example indices per row: first-fit decreasing so rows hold at most `row_tokens` tokens (prefix included)
+    and come out nearly full. An example longer than a row gets a row of its own."""
+    p = common_prefix_len(examples)
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for i in sorted(range(len(examples)), key=lambda i: len(examples[i].ids), reverse=True):
+        need = len(examples[i].ids) - p
+        for r, f in enumerate(free):
+            if need <= f:
+                rows[r].append(i)
+                free[r] -= need
+                break
+        else:
+            rows.append([i])
+            free.append(row_tokens - p - need)
+    return rows
+
+
+def packed_micro_batches(examples: list[Example], row_tokens: int, max_tokens: int | None) -> list[list[list[int]]]:
+    """Rows of `examples` (pack_rows) grouped into forward/backward passes of at most max_tokens padded tokens
+    (rows x widest row; a row wider than that is a pass of its own), widest rows first."""
+    p = common_prefix_len(examples)
+    rows = pack_rows(examples, row_tokens)
+    width = {id(r): p + sum(len(examples[i].ids) - p for i in r) for r in rows}
+    rows.sort(key=lambda r: width[id(r)], reverse=True)
+    cap = max_tokens or float("inf")
+    out: list[list[list[int]]] = []
+    for r in rows:  # widest first: a pass's padded size is its first row's width x its row count
+        if out and width[id(out[-1][0])] * (len(out[-1]) + 1) <= cap:
+            out[-1].append(r)
+        else:
+            out.append([r])
+    return out
+
+
+def collate_packed(examples: list[Example], rows: list[list[int]], pad_id: int) -> Packed:
+    """Tensors for `rows` (from pack_rows) of `examples`; padding at the end of short rows attends only to itself."""
+    import torch
+
+    p = common_prefix_len(examples)
+    widths = [p + sum(len(examples[i].ids) - p for i in row) for row in rows]
+    width = max(widths)
+    n_rows = len(rows)
+    ids = torch.full((n_rows, width), pad_id, dtype=torch.long)
+    pos = torch.zeros((n_rows, width), dtype=torch.long)
+    seg = torch.full((n_rows, width), -1, dtype=torch.long)  # -1 padding, 0 prefix, k example k of the row
+    source, target = [], []
+    for r, row in enumerate(rows):
+        if p:
+            ids[r, :p] = torch.tensor(examples[row[0]].ids[:p])
+            pos[r, :p] = torch.arange(p)
+            seg[r, :p] = 0
+        o = p
+        for k, i in enumerate(row, start=1):
+            e = examples[i]
+            s = len(e.ids) - p
+            ids[r, o : o + s] = torch.tensor(e.ids[p:])
+            pos[r, o : o + s] = torch.arange(p, p + s)
+            seg[r, o : o + s] = k
+            # token j of the example sits at row slot j (prefix) or o + j - p; it is predicted from slot of j - 1
+            for j in range(max(1, e.start), len(e.ids)):
+                prev = j - 1
+                source.append(r * width + (prev if prev < p else o + prev - p))
+                target.append(e.ids[j])
+            o += s
+        pos[r, o:] = torch.arange(width - o)
+    q, k = seg.unsqueeze(2), seg.unsqueeze(1)  # [rows, width, 1], [rows, 1, width]
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    allowed = causal & ((q == k) | (k == 0)) & (q != -1)
+    allowed |= torch.eye(width, dtype=torch.bool)  # padding attends to itself: no empty softmax rows
+    return Packed(
+        ids=ids,
+        positions=pos,
+        allowed=allowed.unsqueeze(1),
+        source=torch.tensor(source, dtype=torch.long),
+        target=torch.tensor(target, dtype=torch.long),
+        tokens=sum(len(examples[i].ids) for row in rows for i in row),
+        rows=n_rows,
+    )

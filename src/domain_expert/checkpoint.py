@@ -27,13 +27,16 @@ MARKER = "trainer_state.json"  # written last: its presence marks a complete che
 KEEP = 2
 COMPARED = ("model", "prompt", "lora", "train")
 # Settings that may change between the interrupted run and its resumption: they change speed, memory or logging
-# cadence, not the sequence of optimizer steps (max_batch_tokens splits a step into passes; the step is the same).
+# cadence, not the sequence of optimizer steps (max_batch_tokens splits a step into passes, packing lays the same
+# examples out in rows: the step is the same).
 RESUME_FREE = frozenset(
     {
         "train.eval_every",
         "train.save_every",
         "train.device",
         "train.max_batch_tokens",
+        "train.packing",
+        "train.pack_row_tokens",
         "train.attn_implementation",
         "train.gradient_checkpointing",
     }

@@ -142,9 +142,21 @@ class TrainConfig(_Strict):
     )
     grad_accum: int = Field(1, gt=0, description="batches per optimizer step")
     length_window: int = Field(
-        50,
+        1,
         gt=0,
-        description="batches whose examples are sorted by length together (less padding); 1 = random batches",
+        description="batches whose examples are sorted by length together (less padding without packing); "
+        "1 = random batches",
+    )
+    packing: bool = Field(
+        True,
+        description="several examples per row, none attending to another, sharing one copy of their common "
+        "prefix: no padding with random batches; same loss and gradients as one example per row",
+    )
+    pack_row_tokens: int = Field(
+        # bench/train_levers.py: rows of 128 / 192 / 256 tokens within ~5%; longer rows spend more on attention
+        192,
+        gt=8,
+        description="tokens per packed row (an example longer than this gets a row of its own)",
     )
     max_seq_len: int = Field(256, gt=8, description="longer records are truncated (counted in the manifest)")
     max_batch_tokens: int | None = Field(

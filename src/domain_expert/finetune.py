@@ -67,10 +67,17 @@ def _run(cfg: RunConfig, data_dir: Path, out_dir: Path, *, overwrite: bool, resu
     from tqdm.auto import tqdm
 
     from domain_expert import adapter_precision, checkpoint, distributed
-    from domain_expert.batching import collate, encode_records, length_grouped_batches, split_by_tokens
+    from domain_expert.batching import (
+        collate,
+        collate_packed,
+        encode_records,
+        length_grouped_batches,
+        packed_micro_batches,
+        split_by_tokens,
+    )
     from domain_expert.data.records import read_records
     from domain_expert.hardware import dtype_name, resolve_device, resolve_dtype
-    from domain_expert.losses import causal_lm_loss
+    from domain_expert.losses import causal_lm_loss, packed_loss
     from domain_expert.models import load_causal_lm, load_tokenizer, resolve_model
     from domain_expert.prompts import from_config
 
@@ -119,6 +126,10 @@ def _run(cfg: RunConfig, data_dir: Path, out_dir: Path, *, overwrite: bool, resu
         attn = "eager" if device == "cpu" else "sdpa"
     model = load_causal_lm(resolved.path, dtype=dtype, device=d.device, quantization=t_cfg.quantization, attn=attn)
     model = _add_lora(model, cfg, tokenizer)
+    # packed rows need a per-example attention mask (4D); flash-attention kernels take none
+    packing = t_cfg.packing and attn in ("eager", "sdpa")
+    if t_cfg.packing and not packing:
+        say(f"train.packing is off with attn_implementation={attn} (it takes no per-example mask): padded batches")
     trainable = [p for p in model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in trainable)
     n_total = sum(p.numel() for p in model.parameters())
@@ -199,6 +210,22 @@ def _run(cfg: RunConfig, data_dir: Path, out_dir: Path, *, overwrite: bool, resu
         model.train()
         return total / max(1, count)
 
+    def _passes(mine: list[list[int]]):
+        """(summed loss, the examples' tokens) of each forward pass over this rank's rows of a step's batches."""
+        for rows in mine:
+            if not rows:
+                continue
+            if packing:
+                exs = [train[i] for i in rows]
+                for mb in packed_micro_batches(exs, t_cfg.pack_row_tokens, t_cfg.max_batch_tokens):
+                    pk = collate_packed(exs, mb, tokenizer.pad_token_id).to(d.device)
+                    yield packed_loss(model, pk)[0], pk.tokens
+            else:
+                for mb in split_by_tokens(rows, lengths, t_cfg.max_batch_tokens):
+                    batch = collate([train[i] for i in mb], tokenizer.pad_token_id)
+                    ids, mask, labels = (t.to(d.device) for t in batch)
+                    yield causal_lm_loss(model, ids, mask, labels, reduction="sum")[0], int(mask.sum())
+
     procs = f", {d.world} processes" if d.enabled else ""
     say(
         f"finetune {resolved.reference} on {device}/{dtype_name(dtype)}{procs}: {len(train)} examples, "
@@ -243,14 +270,11 @@ def _run(cfg: RunConfig, data_dir: Path, out_dir: Path, *, overwrite: bool, resu
             n_lab = sum(n_labels[i] for b in group for i in b)
             loss_sum, step_tokens = 0.0, 0
             mine = [distributed.shard(b, lengths, d) for b in group]
-            micro = [mb for rows in mine if rows for mb in split_by_tokens(rows, lengths, t_cfg.max_batch_tokens)]
-            for b in micro:
-                ids, mask, labels = (t.to(d.device) for t in collate([train[i] for i in b], tokenizer.pad_token_id))
-                s, n = causal_lm_loss(model, ids, mask, labels, reduction="sum")
+            for s, n_tokens in _passes(mine):
                 # token-weighted (see label_scale); the sum of the ranks' gradients is exactly the one-process one
                 (s / label_scale).backward()
                 loss_sum += float(s.detach())
-                step_tokens += int(mask.sum())
+                step_tokens += n_tokens
             if mw:
                 mw.grads_to_master()
             distributed.all_reduce_grads(d, trainable)

@@ -11,16 +11,13 @@ rows), about 29% fewer tokens through the model in the default run; `bench/train
 
 from __future__ import annotations
 
-from domain_expert.batching import IGNORE
+from domain_expert.batching import IGNORE, MIN_SHARED_PREFIX
 
 
 def supports_selective_head(model) -> bool:
     """Models that post-process logits (soft-capping, scaling) need the full forward path to stay exact."""
     cfg = model.config
     return getattr(cfg, "final_logit_softcapping", None) is None and not hasattr(cfg, "logit_scale")
-
-
-MIN_SHARED_PREFIX = 8  # below this a separate one-row pass costs more (per-call overhead) than it saves
 
 
 def shared_prefix_len(ids, mask, labels) -> int:
@@ -90,3 +87,26 @@ def sequence_nll(model, ids, mask, labels):
     rows = torch.arange(ids.shape[0], device=ids.device).unsqueeze(1).expand_as(keep)[keep]
     sums = torch.zeros(ids.shape[0], device=ids.device).index_add_(0, rows, token_nll)
     return sums.tolist(), keep.sum(dim=1).tolist()
+
+
+def packed_loss(model, pk, *, reduction: str = "sum"):
+    """Next-token cross-entropy of a packed batch (batching.Packed): (sum of token losses, token count) with
+    reduction="sum". The examples of a row do not see each other, so the loss and gradients are those of the same
+    examples run one per row."""
+    import torch
+    import torch.nn.functional as F
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    dtype = next(p.dtype for p in base.parameters() if p.is_floating_point())
+    # an additive mask for eager attention (sdpa takes it too): 0 where allowed, the dtype's minimum elsewhere
+    mask = torch.zeros(pk.allowed.shape, dtype=dtype, device=pk.ids.device)
+    mask.masked_fill_(~pk.allowed, torch.finfo(dtype).min)
+    if supports_selective_head(base):
+        hidden = base.get_decoder()(input_ids=pk.ids, attention_mask=mask, position_ids=pk.positions).last_hidden_state
+        logits = base.get_output_embeddings()(hidden.flatten(0, 1)[pk.source]).float()
+    else:
+        out = model(input_ids=pk.ids, attention_mask=mask, position_ids=pk.positions).logits
+        logits = out.flatten(0, 1)[pk.source].float()
+    if reduction == "sum":
+        return F.cross_entropy(logits, pk.target, reduction="sum"), int(pk.target.numel())
+    return F.cross_entropy(logits, pk.target)
