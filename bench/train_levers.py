@@ -6,7 +6,12 @@ tokens/s of SmolLM2 + LoRA on the default run's batches (bf16 base), with
 - the prefix every row of a batch shares (the system prompt) run once per batch or once per row
   (`losses.shared_prefix_len`).
 
-Same batches for every variant, no optimizer step (the same for all), interleaved rounds so drift hits all alike.
+and, on random batches (what `finetune` trains on by default), the batch split into passes of similar lengths vs
+packed rows of 128 / 192 / 256 tokens (`batching.packed_micro_batches`: several examples per row, none attending to
+another, the shared prefix once per row; finetune's `train.pack_row_tokens` is 192).
+
+Same batches for every variant of a kind, no optimizer step (the same for all), interleaved rounds so drift hits all
+alike.
 
     .venv/bin/python bench/train_levers.py            # needs runs/medical-terms/data (after `make run`)
     .venv/bin/python bench/train_levers.py --batches 12 --rounds 3
@@ -27,7 +32,14 @@ def main() -> None:
 
     from domain_expert import losses
     from domain_expert.adapter_precision import MasterWeights
-    from domain_expert.batching import collate, encode_records, length_grouped_batches, split_by_tokens
+    from domain_expert.batching import (
+        collate,
+        collate_packed,
+        encode_records,
+        length_grouped_batches,
+        packed_micro_batches,
+        split_by_tokens,
+    )
     from domain_expert.config import load_config
     from domain_expert.data.records import read_records
     from domain_expert.models import load_causal_lm, load_tokenizer, resolve_model
@@ -45,24 +57,44 @@ def main() -> None:
     fmt = from_config(cfg.prompt.style, cfg.prompt.system)
     train, _ = encode_records(read_records(Path(args.run) / "data/train.jsonl"), fmt, tok, cfg.train.max_seq_len)
     lengths = [len(e.ids) for e in train]
-    batches = length_grouped_batches(len(train), lengths, cfg.train.batch_size, 0, 0)[: args.batches + 2]
-    data = [
-        [
-            collate([train[i] for i in mb], tok.pad_token_id)
-            for mb in split_by_tokens(b, lengths, cfg.train.max_batch_tokens)
-        ]
-        for b in batches
-    ]
+    n_batches = args.batches + 2
+    grouped = length_grouped_batches(len(train), lengths, cfg.train.batch_size, 0, 0, window=50)[:n_batches]
+    random_ = length_grouped_batches(len(train), lengths, cfg.train.batch_size, 0, 0, window=1)[:n_batches]
+
+    def split(batches):  # [(passes as (ids, mask, labels), tokens)] per batch
+        out = []
+        for b in batches:
+            passes = [collate([train[i] for i in mb], tok.pad_token_id)
+                      for mb in split_by_tokens(b, lengths, cfg.train.max_batch_tokens)]  # fmt: skip
+            out.append((passes, sum(int(m.sum()) for _, m, _ in passes)))
+        return out
+
+    def packed(batches, row_tokens):
+        out = []
+        for b in batches:
+            exs = [train[i] for i in b]
+            passes = [collate_packed(exs, mb, tok.pad_token_id)
+                      for mb in packed_micro_batches(exs, row_tokens, cfg.train.max_batch_tokens)]  # fmt: skip
+            out.append((passes, sum(p.tokens for p in passes)))
+        return out
+
     min_prefix = losses.MIN_SHARED_PREFIX
+    # name: (bf16 adapters, shared prefix, batches)
     variants = {
-        "adapters fp32, prefix per row": (False, False),
-        "adapters bf16 + fp32 master, prefix per row": (True, False),
-        "adapters fp32, prefix shared": (False, True),
-        "adapters bf16 + fp32 master, prefix shared (finetune)": (True, True),
-    }
+        "grouped: adapters fp32, prefix per row": (False, False, split(grouped)),
+        "grouped: adapters bf16 + fp32 master, prefix per row": (True, False, split(grouped)),
+        "grouped: adapters fp32, prefix shared": (False, True, split(grouped)),
+        "grouped: adapters bf16 + fp32 master, prefix shared": (True, True, split(grouped)),
+        "random: bf16 + master, prefix shared, split passes": (True, True, split(random_)),
+        **{
+            f"random: bf16 + master, packed rows of {n}" + (" (finetune)" if n == cfg.train.pack_row_tokens else ""):
+            (True, True, packed(random_, n))
+            for n in (128, 192, 256)
+        },
+    }  # fmt: skip
     results: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(args.rounds):
-        for name, (bf16_adapters, shared) in variants.items():
+        for name, (bf16_adapters, shared, data) in variants.items():
             model = load_causal_lm(r.path, dtype=torch.bfloat16, device="cpu", attn="eager")
             lc = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=0.0,
                             target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM")  # fmt: skip
@@ -71,23 +103,26 @@ def main() -> None:
                 mw = MasterWeights(model, torch.bfloat16)
             losses.MIN_SHARED_PREFIX = min_prefix if shared else 10**9
             n, t = 0, 0.0
-            for k, micro in enumerate(data):
+            for k, (passes, tokens) in enumerate(data):
                 t0 = time.perf_counter()
-                for ids, mask, labels in micro:
-                    s, _ = losses.causal_lm_loss(model, ids, mask, labels, reduction="sum")
+                for p in passes:
+                    if isinstance(p, tuple):
+                        s, _ = losses.causal_lm_loss(model, *p, reduction="sum")
+                    else:
+                        s, _ = losses.packed_loss(model, p)
                     s.backward()
                 if bf16_adapters:
                     mw.grads_to_master()
                 if k >= 2:  # the first batches pay one-off kernel set-up
                     t += time.perf_counter() - t0
-                    n += sum(int(m[1].sum()) for m in micro)
+                    n += tokens
             results[name].append(n / t)
-            print(f"{name:55} {n / t:6.0f} tokens/s", flush=True)
+            print(f"{name:60} {n / t:6.0f} tokens/s", flush=True)
     losses.MIN_SHARED_PREFIX = min_prefix
-    base = statistics.median(results["adapters fp32, prefix per row"])
-    print("\nmedian over rounds (forward + backward, non-padding tokens/s):")
+    base = statistics.median(results["grouped: adapters fp32, prefix per row"])
+    print("\nmedian over rounds (forward + backward, the examples' non-padding tokens/s):")
     for name, v in results.items():
-        print(f"{name:55} {statistics.median(v):6.0f}  x{statistics.median(v) / base:.2f}")
+        print(f"{name:60} {statistics.median(v):6.0f}  x{statistics.median(v) / base:.2f}")
     out = Path("bench/results/train_levers.json")
     out.write_text(json.dumps({"batches": args.batches, "rounds": args.rounds, "tokens_per_s": results}, indent=1))
     print(f"wrote {out}")

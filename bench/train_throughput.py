@@ -7,12 +7,13 @@ prepared data, same number of optimizer steps, side by side in one run (issue #5
 (a) naive: `transformers.Trainer` + PEFT LoRA (same r, alpha, dropout and target modules as the config), fp32, random
     batches padded to their longest row by `DataCollatorForSeq2Seq`, labels masked on the prompt exactly as ours
     (same prompt format and token ids), same learning rate, warmup, cosine-to-10% schedule, batch size, clipping.
-(b) `python -m domain_expert finetune <config>` with its defaults (bf16 where the CPU has it, length-grouped batches,
-    token-budget micro-batches, logits only at answer positions), and each `--lever` as extra key=value overrides.
+(b) `python -m domain_expert finetune <config>` with its defaults (bf16 where the CPU has it, random batches packed
+    into rows, logits only at answer positions), and each `--lever` as extra key=value overrides.
 
 Each runs in its own process, so peak RSS is its own. Definitions, the same for every row:
-- trained tokens: non-padding tokens (prompt + answer + EOS, attention mask = 1) of every sequence passed through a
-  training forward/backward; tokens/s = trained tokens / training wall time (model loading and validation excluded).
+- trained tokens: the trained examples' own tokens (prompt + answer + EOS; no padding, and a prefix that packed rows
+  hold once counts once per example, as it would in an unpacked pass): both sides count the same tokens for the same
+  examples; tokens/s = trained tokens / training wall time (model loading and validation excluded).
 - val loss: after training, each adapter is loaded onto the fp32 base and scored by one function on the whole
   validation split: token-weighted mean next-token cross-entropy on answer tokens (EOS included), as in training.
 Checkpointing is off in both (save_strategy="no"; train.save_every above the step count): it is not training work.
@@ -253,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         "overrides": args.set,
         "data_dir": str(data_dir),
         "definitions": {
-            "trained_tokens": "non-padding tokens (prompt+answer+EOS) passed through training forward/backward",
+            "trained_tokens": "the trained examples' own tokens (prompt+answer+EOS, no padding; a prefix shared "
+            "in a packed row counts once per example, as in an unpacked pass)",
             "tokens_per_s": "trained_tokens / training wall time (model load and validation excluded)",
             "val_loss": "fp32 base + adapter, whole val split, token-weighted CE on answer tokens incl. EOS",
         },

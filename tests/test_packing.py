@@ -31,11 +31,8 @@ def tok(tiny_model_dir):
 def _examples(tok, n=7, system="You are a careful assistant for medical terms."):
     fmt = PromptFormat("chat", system)
     rng = random.Random(0)
-    recs = [
-        Record(str(i), "g", "s", "define", f"What is term {i}?" + " really" * rng.randrange(4),
-               "An answer " * rng.randrange(1, 12))  # fmt: skip
-        for i in range(n)
-    ]
+    prompts = [f"What is term {i}?" + " really" * rng.randrange(4) for i in range(n)]
+    recs = [Record(str(i), "g", "s", "define", q, "An answer " * rng.randrange(1, 12)) for i, q in enumerate(prompts)]
     exs, _ = encode_records(recs, fmt, tok, 128)
     return exs
 
