@@ -1,7 +1,7 @@
 """LoRA training throughput: a plain Hugging Face `Trainer` loop vs `domain-expert finetune`, same model, same
 prepared data, same number of optimizer steps, side by side in one run (issue #5; goal: >= 4x at equal val loss).
 
-    .venv/bin/python bench/train_throughput.py runs/medical-terms --steps 60       # after `make run`
+    .venv/bin/python bench/train_throughput.py runs/medical-terms --steps 60 --seeds 0 1    # after `make run`
     .venv/bin/python bench/train_throughput.py runs/medical-terms --steps 8 --lever "train.max_batch_tokens=2048"
 
 (a) naive: `transformers.Trainer` + PEFT LoRA (same r, alpha, dropout and target modules as the config), fp32, random
@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -206,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="override for both sides (e.g. model=..., train.batch_size=8)")  # fmt: skip
     ap.add_argument("--lever", action="append", default=[], metavar="'K=V K=V'",
                     help="an extra `domain-expert finetune` row with these overrides (repeatable)")  # fmt: skip
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="train.seed values; rows report the means")
     ap.add_argument("--skip-naive", action="store_true", help="only the finetune rows (e.g. to compare levers)")
     ap.add_argument("--out", type=Path, help="work folder for adapters and result.json (default: <run>/bench)")
     args = ap.parse_args(argv)
@@ -215,36 +217,30 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{data_dir} is not prepared data: run `domain-expert prepare` (or `make run`) first")
     out = args.out or Path(args.run) / "bench"
     out.mkdir(parents=True, exist_ok=True)
-    fixed = [f"train.max_steps={args.steps}", "train.max_minutes=null", f"train.save_every={10**9}"]
-    shared = [*args.set, *fixed]
-    rows: dict[str, dict] = {}
-    adapters: dict[str, Path | None] = {BASE: None}
     t_start = time.time()
-    if not args.skip_naive:
-        print(f"(a) transformers.Trainer, fp32, padded batches: {args.steps} steps ...", flush=True)
-        kw = dict(config=args.config, overrides=shared, data_dir=str(data_dir), out_dir=str(out / "naive"))
-        rows[NAIVE] = _measured(_child, "naive_trainer", **kw, steps=args.steps)
-        adapters[NAIVE] = out / "naive"
-    runs = {"domain-expert finetune": []} | {f"finetune {lv}": shlex.split(lv) for lv in args.lever}
-    for i, (name, extra) in enumerate(runs.items()):
-        print(f"(b) {name}: {args.steps} steps ...", flush=True)
-        folder = out / ("finetune" if i == 0 else f"lever-{i}")
-        rows[name] = _measured(ours, args.config, [*shared, *extra], data_dir, folder) | {"overrides": extra}
-        adapters[name] = folder
-    print("scoring every adapter on the validation split (fp32, one shared function) ...", flush=True)
-    losses = val_losses(args.config, args.set, data_dir, adapters)
-
-    ref = rows.get(NAIVE)
-    for name, r in rows.items():
-        r["val_loss"] = losses[name]
-        r["speedup_vs_naive"] = round(r["tokens_per_s"] / ref["tokens_per_s"], 2) if ref else None
-    print(f"\nLoRA training, {args.steps} steps; val loss by one scorer (base model: {losses[BASE]})")
-    print(f"{'':46} {'dtype':>5} {'tokens':>7} {'tok/s':>7} {'x naive':>7} {'peak RSS':>9} {'val loss':>8} load")
+    per_seed = {seed: _one_seed(args, seed, data_dir, out / f"seed{seed}") for seed in args.seeds}
+    # a row over the seeds: means of its measures, and each seed's own row
+    rows: dict[str, dict] = {}
+    for name in per_seed[args.seeds[0]][0]:
+        runs = {seed: per_seed[seed][0][name] for seed in args.seeds}
+        mean = {k: round(statistics.mean(r[k] for r in runs.values()), 4)
+                for k in ("tokens_per_s", "val_loss", "peak_rss_mib", "trained_tokens", "steps")}  # fmt: skip
+        x = [r["speedup_vs_naive"] for r in runs.values()]
+        rows[name] = {**mean, "dtype": runs[args.seeds[0]]["dtype"],
+                      "speedup_vs_naive": round(statistics.mean(x), 2) if all(x) else None,
+                      "overrides": runs[args.seeds[0]].get("overrides", []), "seeds": runs}  # fmt: skip
+    base_val = statistics.mean(per_seed[seed][1] for seed in args.seeds)
+    seeds = ", ".join(map(str, args.seeds))
+    print(f"\nLoRA training, {args.steps} steps, seed(s) {seeds}: means over seeds; val loss by one scorer "
+          f"(base model: {base_val:.4f})")  # fmt: skip
+    print(f"{'':46} {'dtype':>5} {'tokens':>7} {'tok/s':>7} {'x naive':>7} {'peak RSS':>9} {'val loss':>8} per seed")
     for name, r in rows.items():
         x = f"{r['speedup_vs_naive']:.2f}" if r["speedup_vs_naive"] else "-"
-        print(f"{name[:46]:46} {r['dtype']:>5} {r['trained_tokens']:>7} {r['tokens_per_s']:>7.1f} {x:>7} "
-              f"{r['peak_rss_mib'] / 1024:>7.2f}Gi {r['val_loss']:>8.4f} {max(r['load_1min']):.1f}")  # fmt: skip
-    if max(max(r["load_1min"]) for r in rows.values()) > os.cpu_count():
+        each = " / ".join(f"{v['val_loss']:.4f}" for v in r["seeds"].values())
+        print(f"{name[:46]:46} {r['dtype']:>5} {r['trained_tokens']:>7.0f} {r['tokens_per_s']:>7.1f} {x:>7} "
+              f"{r['peak_rss_mib'] / 1024:>7.2f}Gi {r['val_loss']:>8.4f} {each}")  # fmt: skip
+    loads = [max(v["load_1min"]) for r in rows.values() for v in r["seeds"].values()]
+    if max(loads) > os.cpu_count():
         print(f"load average above the {os.cpu_count()} cores: the CPU was shared, tokens/s are low and noisy")
     from domain_expert.provenance import package_versions
 
@@ -259,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
             "tokens_per_s": "trained_tokens / training wall time (model load and validation excluded)",
             "val_loss": "fp32 base + adapter, whole val split, token-weighted CE on answer tokens incl. EOS",
         },
-        "val_loss_base": losses[BASE],
+        "seeds": args.seeds,
+        "val_loss_base": round(base_val, 4),
         "rows": rows,
         "wall_s": round(time.time() - t_start, 1),
         "cpu_count": os.cpu_count(),
@@ -268,6 +265,32 @@ def main(argv: list[str] | None = None) -> int:
     (out / "result.json").write_text(json.dumps(result, indent=1))
     print(f"\nwrote {out / 'result.json'}")
     return 0
+
+
+def _one_seed(args, seed: int, data_dir: Path, out: Path) -> tuple[dict[str, dict], float]:
+    """Every row trained with train.seed=seed, then scored: (rows, the base model's val loss)."""
+    fixed = [f"train.max_steps={args.steps}", "train.max_minutes=null", f"train.save_every={10**9}"]
+    shared = [*args.set, *fixed, f"train.seed={seed}"]
+    rows: dict[str, dict] = {}
+    adapters: dict[str, Path | None] = {BASE: None}
+    if not args.skip_naive:
+        print(f"seed {seed} (a) transformers.Trainer, fp32, padded batches: {args.steps} steps ...", flush=True)
+        kw = dict(config=args.config, overrides=shared, data_dir=str(data_dir), out_dir=str(out / "naive"))
+        rows[NAIVE] = _measured(_child, "naive_trainer", **kw, steps=args.steps)
+        adapters[NAIVE] = out / "naive"
+    runs = {"domain-expert finetune": []} | {f"finetune {lv}": shlex.split(lv) for lv in args.lever}
+    for i, (name, extra) in enumerate(runs.items()):
+        print(f"seed {seed} (b) {name}: {args.steps} steps ...", flush=True)
+        folder = out / ("finetune" if i == 0 else f"lever-{i}")
+        rows[name] = _measured(ours, args.config, [*shared, *extra], data_dir, folder) | {"overrides": extra}
+        adapters[name] = folder
+    print(f"seed {seed}: scoring every adapter on the validation split (fp32, one shared function) ...", flush=True)
+    losses = val_losses(args.config, args.set, data_dir, adapters)
+    ref = rows.get(NAIVE)
+    for name, r in rows.items():
+        r["val_loss"] = losses[name]
+        r["speedup_vs_naive"] = round(r["tokens_per_s"] / ref["tokens_per_s"], 2) if ref else None
+    return rows, losses[BASE]
 
 
 def _measured(fn, *args, **kwargs) -> dict:
