@@ -1,4 +1,5 @@
-"""Tokenised examples and length-grouped batches (little padding, deterministic order for a seed and epoch)."""
+"""Tokenised examples; batches (random or length-grouped, a pure function of seed and epoch); and the forward passes
+a batch runs as: packed rows (several examples per row, none attending to another: no padding) or padded rows."""
 
 from __future__ import annotations
 

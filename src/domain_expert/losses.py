@@ -7,6 +7,10 @@ Rows of a batch that start with the same tokens (a shared system prompt: 20 of S
 the default run) share one pass over that prefix: it runs once as a single row, its key/value cache is repeated for
 every row, and the rest of each row attends to it. Same loss and gradients (the prefix's gradient is the sum over the
 rows), about 29% fewer tokens through the model in the default run; `bench/train_levers.py` measures it.
+
+Training packs examples by default (`packed_loss`, batching.Packed): several per row, each attending only to itself
+and one copy of the shared prefix at the row's start, through a 4D attention mask and per-example position ids;
+validation, scoring and `train.packing: false` use the path above.
 """
 
 from __future__ import annotations
