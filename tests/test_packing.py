@@ -128,3 +128,23 @@ def test_common_prefix_is_never_trained_on():
     assert common_prefix_len([a]) == 0
     assert common_prefix_len([a, Example([99] + list(range(1, 20)), 15)]) == 0
     assert common_prefix_len([Example(list(range(5)), 4), Example(list(range(6)), 4)]) == 0  # below the minimum
+
+
+def test_packed_rows_under_activation_checkpointing_match(tiny_model_dir, tok):
+    """train.gradient_checkpointing recomputes each layer in the backward pass: the 4D mask and position ids must
+    reach the recomputation too."""
+    exs = _examples(tok)
+    p = common_prefix_len(exs)
+    lengths = sorted(len(e.ids) - p for e in exs)
+    pk = collate_packed(exs, pack_rows(exs, p + lengths[-1] + lengths[0]), tok.pad_token_id)
+    plain = _lora(tiny_model_dir)
+    s0, _, g0 = _loss_and_grads(plain, lambda: packed_loss(plain, pk))
+    ckpt = _lora(tiny_model_dir)
+    ckpt.gradient_checkpointing_enable()  # as finetune's _add_lora does
+    ckpt.enable_input_require_grads()
+    ckpt.train()
+    assert ckpt.get_base_model().is_activation_checkpointing
+    s1, _, g1 = _loss_and_grads(ckpt, lambda: packed_loss(ckpt, pk))
+    assert s1 == pytest.approx(s0, rel=1e-5)
+    for k in g0:
+        torch.testing.assert_close(g1[k], g0[k], rtol=1e-4, atol=1e-6)
