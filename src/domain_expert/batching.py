@@ -141,10 +141,16 @@ class Packed:
         return Packed(**{k: getattr(self, k).to(device) for k in t}, tokens=self.tokens, rows=self.rows)
 
 
-def pack_rows(examples: list[Example], row_tokens: int) -> list[list[int]]:
+def _row_width(examples: list[Example], row: list[int], prefix: int) -> int:
+    """Tokens in a packed row: one copy of the shared prefix, then each example's tokens after it."""
+    return prefix + sum(len(examples[i].ids) - prefix for i in row)
+
+
+def pack_rows(examples: list[Example], row_tokens: int, prefix: int | None = None) -> list[list[int]]:
     """Example indices per row: first-fit decreasing so rows hold at most `row_tokens` tokens (prefix included)
-    and come out nearly full. An example longer than a row gets a row of its own."""
-    p = common_prefix_len(examples)
+    and come out nearly full. An example longer than a row gets a row of its own. `prefix`: common_prefix_len of
+    `examples`, when the caller has it already."""
+    p = common_prefix_len(examples) if prefix is None else prefix
     rows: list[list[int]] = []
     free: list[int] = []
     for i in sorted(range(len(examples)), key=lambda i: len(examples[i].ids), reverse=True):
@@ -164,8 +170,8 @@ def packed_micro_batches(examples: list[Example], row_tokens: int, max_tokens: i
     """Rows of `examples` (pack_rows) grouped into forward/backward passes of at most max_tokens padded tokens
     (rows x widest row; a row wider than that is a pass of its own), widest rows first."""
     p = common_prefix_len(examples)
-    rows = pack_rows(examples, row_tokens)
-    width = {id(r): p + sum(len(examples[i].ids) - p for i in r) for r in rows}
+    rows = pack_rows(examples, row_tokens, p)
+    width = {id(r): _row_width(examples, r, p) for r in rows}
     rows.sort(key=lambda r: width[id(r)], reverse=True)
     cap = max_tokens or float("inf")
     out: list[list[list[int]]] = []
@@ -182,8 +188,7 @@ def collate_packed(examples: list[Example], rows: list[list[int]], pad_id: int) 
     import torch
 
     p = common_prefix_len(examples)
-    widths = [p + sum(len(examples[i].ids) - p for i in row) for row in rows]
-    width = max(widths)
+    width = max(_row_width(examples, row, p) for row in rows)
     n_rows = len(rows)
     ids = torch.full((n_rows, width), pad_id, dtype=torch.long)
     pos = torch.zeros((n_rows, width), dtype=torch.long)
