@@ -8,7 +8,8 @@ tokens/s of SmolLM2 + LoRA on the default run's batches (bf16 base), with
 
 and, on random batches (what `finetune` trains on by default), the batch split into passes of similar lengths vs
 packed rows of 128 / 192 / 256 tokens (`batching.packed_micro_batches`: several examples per row, none attending to
-another, the shared prefix once per row; finetune's `train.pack_row_tokens` is 192).
+another, the shared prefix once per row; finetune's `train.pack_row_tokens` is 192), and rows of 192 with the LoRA
+projections that read the same input fused into one product each (`fused_lora.py`, finetune's `train.fuse_lora`).
 
 Same batches for every variant of a kind, no optimizer step (the same for all), interleaved rounds so drift hits all
 alike.
@@ -30,7 +31,7 @@ def main() -> None:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from domain_expert import losses
+    from domain_expert import fused_lora, losses
     from domain_expert.adapter_precision import MasterWeights
     from domain_expert.batching import (
         collate,
@@ -80,28 +81,29 @@ def main() -> None:
 
     min_prefix = losses.MIN_SHARED_PREFIX
     grouped_passes = split(grouped)  # collated once, timed by four variants
-    # name: (bf16 adapters, shared prefix, batches)
+    # name: (bf16 adapters, shared prefix, batches, fused projections)
+    rows = {n: packed(random_, n) for n in (128, 192, 256)}
     variants = {
-        "grouped: adapters fp32, prefix per row": (False, False, grouped_passes),
-        "grouped: adapters bf16 + fp32 master, prefix per row": (True, False, grouped_passes),
-        "grouped: adapters fp32, prefix shared": (False, True, grouped_passes),
-        "grouped: adapters bf16 + fp32 master, prefix shared": (True, True, grouped_passes),
-        "random: bf16 + master, prefix shared, split passes": (True, True, split(random_)),
-        **{
-            f"random: bf16 + master, packed rows of {n}" + (" (finetune)" if n == cfg.train.pack_row_tokens else ""):
-            (True, True, packed(random_, n))
-            for n in (128, 192, 256)
-        },
+        "grouped: adapters fp32, prefix per row": (False, False, grouped_passes, False),
+        "grouped: adapters bf16 + fp32 master, prefix per row": (True, False, grouped_passes, False),
+        "grouped: adapters fp32, prefix shared": (False, True, grouped_passes, False),
+        "grouped: adapters bf16 + fp32 master, prefix shared": (True, True, grouped_passes, False),
+        "random: bf16 + master, prefix shared, split passes": (True, True, split(random_), False),
+        **{f"random: bf16 + master, packed rows of {n}": (True, True, rows[n], False) for n in rows},
+        f"random: packed rows of {cfg.train.pack_row_tokens}, fused projections (finetune)":
+            (True, True, rows[cfg.train.pack_row_tokens], True),
     }  # fmt: skip
     results: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(args.rounds):
-        for name, (bf16_adapters, shared, data) in variants.items():
+        for name, (bf16_adapters, shared, data, fused) in variants.items():
             model = load_causal_lm(r.path, dtype=torch.bfloat16, device="cpu", attn="eager")
             lc = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=0.0,
                             target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM")  # fmt: skip
             model = get_peft_model(model, lc)
             if bf16_adapters:
                 mw = MasterWeights(model, torch.bfloat16)
+            if fused:
+                fused_lora.fuse(model)
             losses.MIN_SHARED_PREFIX = min_prefix if shared else 10**9
             n, t = 0, 0.0
             for k, (passes, tokens) in enumerate(data):

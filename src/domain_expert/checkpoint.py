@@ -37,6 +37,7 @@ RESUME_FREE = frozenset(
         "train.max_batch_tokens",
         "train.packing",
         "train.pack_row_tokens",
+        "train.fuse_lora",
         "train.attn_implementation",
         "train.gradient_checkpointing",
     }

@@ -180,6 +180,11 @@ class TrainConfig(_Strict):
     )
     quantization: Literal["none", "4bit"] = Field("none", description="4bit = QLoRA via bitsandbytes (CUDA only)")
     gradient_checkpointing: bool = False
+    fuse_lora: bool = Field(
+        True,
+        description="run the LoRA projections that read the same input (q/k/v, gate/up) as one matrix product "
+        "each (fused_lora.py); the same arithmetic, fewer and larger products",
+    )
     seed: int = 0
 
 

@@ -66,7 +66,7 @@ def _run(cfg: RunConfig, data_dir: Path, out_dir: Path, *, overwrite: bool, resu
     import torch
     from tqdm.auto import tqdm
 
-    from domain_expert import adapter_precision, checkpoint, distributed
+    from domain_expert import adapter_precision, checkpoint, distributed, fused_lora
     from domain_expert.batching import (
         collate,
         collate_packed,
@@ -126,6 +126,8 @@ def _run(cfg: RunConfig, data_dir: Path, out_dir: Path, *, overwrite: bool, resu
         attn = "eager" if device == "cpu" else "sdpa"
     model = load_causal_lm(resolved.path, dtype=dtype, device=d.device, quantization=t_cfg.quantization, attn=attn)
     model = _add_lora(model, cfg, tokenizer)
+    if t_cfg.fuse_lora:
+        fused_lora.fuse(model)  # this model only trains and saves its adapter: no need to undo
     # packed rows need a per-example attention mask (4D); flash-attention kernels take none
     packing = t_cfg.packing and attn in ("eager", "sdpa")
     if t_cfg.packing and not packing:
