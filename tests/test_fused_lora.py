@@ -130,7 +130,7 @@ def test_bf16_adapters_as_close_to_fp32_as_peft():
 
     ref_model = _model()
     with torch.no_grad():
-        for n, p in ref_model.named_parameters():
+        for p in ref_model.parameters():
             if not p.requires_grad:
                 p.copy_(p.to(torch.bfloat16).float())
     ref_loss, ref = _loss_grads(ref_model)
