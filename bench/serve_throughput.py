@@ -112,8 +112,9 @@ async def post_stream(port: int, path: str, body: dict) -> dict:
 def start_server(kind: str, run: Path, port: int, max_queue: int) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     bin_dir = Path(sys.executable).parent
-    if kind == "ours":
+    if kind.startswith("ours"):
         cmd = [str(bin_dir / "domain-expert"), "serve", str(run), "--port", str(port), "--max-queue", str(max_queue)]
+        cmd += ["--decoder", "transformers"] if kind == "ours-transformers-forward" else []
         model = run.resolve().name
     else:
         export = run / "export"
@@ -225,7 +226,7 @@ def main(argv=None) -> int:
         "--servers",
         nargs="+",
         default=["ours", "peer"],
-        choices=["ours", "peer", "peer-default"],
+        choices=["ours", "ours-transformers-forward", "peer", "peer-default"],
         help="peer: transformers serve --continuous-batching; peer-default: transformers serve without it",
     )
     p.add_argument("--max-queue", type=int, default=64, help="our server's --max-queue")

@@ -65,6 +65,24 @@ def test_batched_answers_equal_one_at_a_time(engine_and_ref):
     assert [r.text for r in one[0::2]] != [r.text for r in one[1::2]]
 
 
+def test_lean_and_transformers_forward_answer_alike(engine_and_ref, tiny_tuned):
+    """The engine runs the lean decoder on this Llama; the transformers forward (`--decoder transformers`) gives the
+    same answers in both lanes, batched."""
+    engine, _ = engine_and_ref
+    assert engine.scheduler.lean is not None
+    other = TransformersEngine(_perturbed_lm(tiny_tuned), "run", max_queue=8, max_batch=4, decoder="transformers")
+    try:
+        assert other.scheduler.lean is None
+        reqs = [_ask(engine, m, q, max_tokens=10) for q in QUESTIONS for m in ("run", "run:base")]
+
+        async def answers(eng):
+            return await asyncio.gather(*(eng.generate(r) for r in reqs))
+
+        assert [r.text for r in asyncio.run(answers(engine))] == [r.text for r in asyncio.run(answers(other))]
+    finally:
+        other.close()
+
+
 def test_lanes_score_like_the_unmerged_model(engine_and_ref):
     import torch
 

@@ -117,6 +117,7 @@ def cmd_serve(args) -> int:
         max_batch=args.max_batch,
         cors_origins=args.cors_origin,
         engine=args.engine,
+        decoder=args.decoder,
     )
     return 0
 
@@ -204,6 +205,13 @@ def build_parser() -> argparse.ArgumentParser:
             )
             sp.add_argument(
                 "--max-batch", type=_int_at_least(1), default=32, help="requests generated together (batch rows)"
+            )
+            sp.add_argument(
+                "--decoder",
+                choices=["lean", "transformers"],
+                default="lean",
+                help="transformers engine's forward pass: lean (fewer operations, Llama-style models; others fall "
+                "back) or the transformers model's own (default lean)",
             )
             sp.add_argument(
                 "--cors-origin",

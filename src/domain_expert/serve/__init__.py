@@ -39,6 +39,7 @@ def serve(
     max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT,
     cors_origins: list[str] | None = None,
     engine: str = "transformers",
+    decoder: str = "lean",
 ) -> None:
     import uvicorn
 
@@ -55,6 +56,7 @@ def serve(
             served,
             max_queue=max_queue,
             max_batch=max_batch,
+            decoder=decoder,
         )
     app = create_app(
         eng,

@@ -120,6 +120,7 @@ class BatchScheduler:
         max_prefill_tokens: int = 2048,
         max_wait: float = 0.25,
         on_step: Callable[[dict], None] | None = None,
+        lean: bool = True,
     ):
         """`build()` runs on the worker thread and returns the model and its settings (see `_configure`). Loading
         and running the model on one thread matters on CPU: a decoding step run on another thread than the one that
@@ -128,6 +129,7 @@ class BatchScheduler:
         self.max_batch = max_batch
         self.max_prefill_tokens = max_prefill_tokens
         self.max_wait = max_wait
+        self.use_lean = lean
         # Waiting for a quarter of the batch (or max_wait) before prefilling: tried 1/2 with 0.5 s and 1/8 with
         # 0.1 s at 16 clients, 150 / 131 vs 151 tokens/s in-process; waiting longer buys nothing measurable.
         self.prefill_fraction = 4
@@ -156,6 +158,16 @@ class BatchScheduler:
         self.device = next(model.parameters()).device
         self.decoder, self.head = model.get_decoder(), model.get_output_embeddings()
         self.cache_arg = cache_kwarg(self.decoder)
+        # the same arithmetic in fewer operations for Llama-style models (lean_decoder.py); others run transformers
+        self.lean = None
+        if self.use_lean:
+            from domain_expert.serve.lean_decoder import LeanDecoder, unsupported
+
+            why = unsupported(model)
+            if why is None:
+                self.lean = LeanDecoder(model, base_delta)
+            else:
+                log.info("lean decoder off (%s): decoding through the transformers forward", why)
 
     # --- public --------------------------------------------------------------------------------------------------
 
@@ -274,8 +286,7 @@ class BatchScheduler:
         if lane.prefix_kv is None:
             ids = torch.tensor([list(self.prefix)])
             cache = DynamicCache()
-            with self._lane_context(lane):
-                self._forward(ids, torch.ones_like(ids), torch.arange(ids.shape[1])[None], cache)
+            self._forward(lane, ids, torch.ones_like(ids), torch.arange(ids.shape[1])[None], cache)
             lane.prefix_kv = [(layer.keys, layer.values) for layer in cache.layers]
         return lane.prefix_kv
 
@@ -304,8 +315,7 @@ class BatchScheduler:
         else:
             cache, full_mask = DynamicCache(), mask
         want_prompt = any(s.prompt_logprobs for s in seqs)
-        with self._lane_context(lane):
-            logits = self._forward(ids, full_mask, positions, cache, all_positions=want_prompt)
+        logits = self._forward(lane, ids, full_mask, positions, cache, all_positions=want_prompt)
         if want_prompt:
             self._emit_prompt_logprobs(seqs, ids, logits, width)
         for layer in cache.layers:  # the join/trim below edits these tensors directly
@@ -316,19 +326,24 @@ class BatchScheduler:
         first = self._sample(seqs, logits[:, -1, :])
         self._append(lane, first, start=len(lane.rows) - len(seqs))
 
-    def _forward(self, ids, mask, positions, cache, all_positions: bool = False):
+    def _forward(self, lane: _Lane, ids, mask, positions, cache, all_positions: bool = False):
         """Logits (float32, [rows, positions or 1, vocab]). The decoder and the head are called separately: through
         the full model, `logits_to_keep=1` hands the head a strided [rows, 1, hidden] view, which on CPU goes through
         a batched matmul that copies the whole (tied, transposed) embedding matrix every call: ~230 ms of a 300 ms
         prefill for SmolLM2 here (bench/serve_levers.py). A contiguous [rows, hidden] input is a plain matmul."""
-        out = self.decoder(
-            input_ids=ids.to(self.device),
-            attention_mask=mask.to(self.device),
-            position_ids=positions.to(self.device),
-            use_cache=True,
-            **{self.cache_arg: cache},
-        )
-        hidden = out.last_hidden_state
+        ids, mask, positions = ids.to(self.device), mask.to(self.device), positions.to(self.device)
+        if self.lean is not None:
+            hidden = self.lean(ids, mask, positions, cache, subtract=lane.name == BASE)
+        else:
+            with self._lane_context(lane):
+                out = self.decoder(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    use_cache=True,
+                    **{self.cache_arg: cache},
+                )
+            hidden = out.last_hidden_state
         if not all_positions:
             hidden = hidden[:, -1:, :]
         rows, t, width = hidden.shape
@@ -387,8 +402,7 @@ class BatchScheduler:
 
         started = time.perf_counter()
         lane.mask = torch.cat([lane.mask, torch.ones((len(lane.rows), 1), dtype=torch.long)], dim=1)
-        with self._lane_context(lane):
-            logits = self._forward(lane.last[:, None], lane.mask, lane.lengths[:, None], lane.cache)
+        logits = self._forward(lane, lane.last[:, None], lane.mask, lane.lengths[:, None], lane.cache)
         lane.lengths = lane.lengths + 1
         tokens = self._sample(lane.rows, logits[:, -1, :])
         rows = len(lane.rows)
