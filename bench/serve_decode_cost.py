@@ -1,5 +1,6 @@
-"""One decoding step and one prefill of the serving engine, through the transformers forward vs the lean decoder
-(serve/lean_decoder.py), side by side on the run's merged model: ms per step at 1, 4 and 16 rows, and the ratio.
+"""One decoding step and one prefill of the serving engine, through the transformers forward + head vs the lean
+decoder + its head (serve/lean_decoder.py), side by side on the run's merged model: ms per step at 1, 4 and 16
+rows, and the ratio.
 
 Same inputs for both: rows of a 100-token cached context (left-padded to mixed lengths, as the engine's lanes are),
 the same DynamicCache contents, decoder + head on the last position as the engine calls them. Interleaved rounds so
@@ -50,7 +51,7 @@ def main() -> None:
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         return ids, mask, pos
 
-    def prefill(fn, rows):
+    def prefill(fn, rows, head):
         ids, mask, pos = context(rows)
         cache = DynamicCache()
         t = time.perf_counter()
@@ -58,8 +59,8 @@ def main() -> None:
         head(h[:, -1, :].contiguous())
         return cache, mask, pos[:, -1:] + 1, time.perf_counter() - t
 
-    def decode(fn, rows, steps):
-        cache, mask, pos, _ = prefill(fn, rows)
+    def decode(fn, rows, steps, head):
+        cache, mask, pos, _ = prefill(fn, rows, head)
         last = torch.full((rows, 1), 500)
         times = []
         for k in range(steps + 2):
@@ -73,14 +74,15 @@ def main() -> None:
         return statistics.mean(times)
 
     paths = {"transformers": hf, "lean": lambda ids, mask, pos, cache: lean(ids, mask, pos, cache)}
+    heads = {"transformers": lambda h: head(h).float(), "lean": lean.logits}
     results: dict[str, dict[str, list[float]]] = {p: {} for p in paths}
     for _ in range(args.rounds):
         for name, fn in paths.items():
             for rows in (1, 4, 16):
-                results[name].setdefault(f"decode {rows}", []).append(decode(fn, rows, args.steps) * 1000)
-            prefill(fn, 4)
+                results[name].setdefault(f"decode {rows}", []).append(decode(fn, rows, args.steps, heads[name]) * 1000)
+            prefill(fn, 4, heads[name])
             results[name].setdefault("prefill 4x100", []).append(
-                statistics.mean(prefill(fn, 4)[3] for _ in range(3)) * 1000
+                statistics.mean(prefill(fn, 4, heads[name])[3] for _ in range(3)) * 1000
             )
     print(f"\nmedian over {args.rounds} rounds, ms (lower is better):")
     print(f"{'':16}{'transformers':>14}{'lean':>10}{'ratio':>8}")

@@ -143,3 +143,22 @@ def test_unsupported_models_are_named():
     assert "linear" in unsupported(scaled)
     with pytest.raises(ValueError, match="does not support"):
         LeanDecoder(gpt2)
+
+
+def test_prepacked_weights_give_the_same_bf16_results():
+    """On CPU the products run on oneDNN-packed weights: bit for bit what plain bf16 products give."""
+    model = _model().to(torch.bfloat16)
+    lean = LeanDecoder(model)
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch build has no oneDNN")
+    assert len(lean.packed) == 4 * 3 + 1  # every layer's four products and the head
+    with torch.no_grad():
+        packed, _ = _run(lambda ids, m, p, c: lean(ids, m, p, c))
+        h = packed[-1].contiguous()
+        logits = lean.logits(h)
+        lean.packed = {}
+        plain, _ = _run(lambda ids, m, p, c: lean(ids, m, p, c))
+        plain_logits = lean.logits(h)
+    for a, b in zip(packed, plain, strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(logits, plain_logits)

@@ -347,7 +347,9 @@ class BatchScheduler:
         if not all_positions:
             hidden = hidden[:, -1:, :]
         rows, t, width = hidden.shape
-        return self.head(hidden.reshape(rows * t, width).contiguous()).float().reshape(rows, t, -1)
+        flat = hidden.reshape(rows * t, width).contiguous()
+        logits = self.lean.logits(flat) if self.lean is not None else self.head(flat).float()
+        return logits.reshape(rows, t, -1)
 
     def _emit_prompt_logprobs(self, seqs, ids, logits, width) -> None:
         import torch
