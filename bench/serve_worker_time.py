@@ -1,0 +1,117 @@
+"""Where the serving engine's worker time goes under load: N concurrent in-process clients (no HTTP, so nothing else
+competes for the CPU) ask the run's held-out questions for a while; the scheduler's steps are timed by wrapping its
+methods. Reports tokens/s, time in decoding steps vs prefills (and their forward passes), rows per decoding step,
+prefill tokens including left padding.
+
+    .venv/bin/python bench/serve_worker_time.py [RUN] [--clients 16] [--seconds 20] [--decoder lean|transformers]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    from domain_expert.generate import load_for_inference
+    from domain_expert.serve.engine import GenerationRequest, TransformersEngine
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from serve_throughput import load_prompts
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("run", nargs="?", default="runs/medical-terms", type=Path)
+    ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--max-tokens", type=int, default=48)
+    ap.add_argument("--decoder", choices=["lean", "transformers"], default="lean")
+    args = ap.parse_args()
+
+    prompts = load_prompts(args.run)
+    engine = TransformersEngine(lambda: load_for_inference(args.run), "run", max_queue=4 * args.clients,
+                                max_batch=32, decoder=args.decoder)  # fmt: skip
+    sched = engine.scheduler
+    seconds: dict[str, float] = collections.defaultdict(float)
+    counts: collections.Counter = collections.Counter()
+    rows_per_step: collections.Counter = collections.Counter()
+
+    def timed(key, fn):
+        def wrapper(*a, **k):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                seconds[key] += time.perf_counter() - t
+                counts[key] += 1
+
+        return wrapper
+
+    decode = sched._decode
+
+    def counted_decode(lane):
+        rows_per_step[len(lane.rows)] += 1
+        return decode(lane)
+
+    sched._decode = timed("decoding steps", counted_decode)
+    sched._prefill_group = timed("prefills", sched._prefill_group)
+    forward = sched._forward
+
+    def split_forward(lane, ids, *a, **k):
+        kind = "prefill forward" if ids.shape[1] > 1 else "decoding forward"
+        if ids.shape[1] > 1:
+            counts["prefill tokens (with padding)"] += ids.numel()
+        return timed(kind, forward)(lane, ids, *a, **k)
+
+    sched._forward = split_forward
+
+    async def client(i: int, until: float, tokens: list[int]) -> None:
+        rnd = random.Random(i)
+        while time.perf_counter() < until:
+            q = rnd.choice(prompts)
+            req = GenerationRequest(model="run", messages=[{"role": "user", "content": q}], max_tokens=args.max_tokens)
+            tokens.append((await engine.generate(req)).completion_tokens)
+
+    async def drive(n: int, secs: float) -> list[int]:
+        tokens: list[int] = []
+        until = time.perf_counter() + secs
+        await asyncio.gather(*(client(i, until, tokens) for i in range(n)))
+        return tokens
+
+    asyncio.run(drive(2, 3))  # warm-up
+    seconds.clear()
+    counts.clear()
+    rows_per_step.clear()
+    t0 = time.perf_counter()
+    tokens = asyncio.run(drive(args.clients, args.seconds))
+    wall = time.perf_counter() - t0
+    engine.close()
+    out = {
+        "clients": args.clients,
+        "decoder": args.decoder,
+        "wall_s": wall,
+        "tokens_per_s": sum(tokens) / wall,
+        "requests": len(tokens),
+        "mean_answer_tokens": sum(tokens) / max(1, len(tokens)),
+        "seconds": dict(seconds),
+        "counts": dict(counts),
+        "rows_per_decoding_step": dict(sorted(rows_per_step.items())),
+    }
+    print(f"{out['tokens_per_s']:.1f} tokens/s, {len(tokens)} requests, answers {out['mean_answer_tokens']:.1f} "
+          f"tokens, wall {wall:.1f} s")  # fmt: skip
+    for k, v in seconds.items():
+        print(f"  {k:20} {v:6.2f} s ({v / wall:4.0%} of wall) in {counts[k]} calls, {v / counts[k] * 1000:.1f} ms each")
+    print(f"  prefill tokens (with padding): {counts['prefill tokens (with padding)']}")
+    print(f"  rows per decoding step: {out['rows_per_decoding_step']}")
+    path = Path("bench/results/serve_worker_time.json")
+    path.write_text(json.dumps(out, indent=1))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
