@@ -13,8 +13,12 @@ So the scheduler here keeps a running batch per *lane* and, between two decoding
 
 Two lanes: the tuned model and, for a LoRA run, its base. The adapter is merged into the weights (what `export`
 ships; merged decoding is 1.6x faster than unmerged LoRA on CPU, bench/cpu_levers.py), and the base lane subtracts
-the adapter's low-rank delta again through forward hooks that exist only while a base step runs: one copy of the
-weights, and the base is exact up to the rounding of the merged weights (checked in tests/test_serve.py).
+the adapter's low-rank delta again: one copy of the weights, and the base is exact up to the rounding of the merged
+weights (checked in tests/test_serve_batching.py).
+
+Forward passes go through the lean decoder (lean_decoder.py) for Llama-style models: the same arithmetic with fewer
+operations and pre-packed weights, the base lane's delta inside its products. Other models (or `lean=False`) run the
+transformers forward, the base lane's delta then through forward hooks that exist only while a base step runs.
 
 Thread model: `submit` is called from the server's event loop; everything touching the model runs on the worker
 thread; results go back through each sequence's `emit` callback (which must be thread-safe).
