@@ -54,8 +54,13 @@ def _run(fn, steps=4):
     return out, (cache, mask)
 
 
-@pytest.mark.parametrize("bias", [False, True])
-def test_prefill_and_decoding_equal_transformers(bias):
+@pytest.mark.parametrize("bias,written_out", [(False, True), (True, True), (False, False)])
+def test_prefill_and_decoding_equal_transformers(bias, written_out, monkeypatch):
+    """Attention written out (CPU, small score tensors) and through the fused kernel (GPUs, long prompts) alike."""
+    from domain_expert.serve import lean_decoder
+
+    if not written_out:
+        monkeypatch.setattr(lean_decoder, "WRITTEN_OUT_MAX_SCORES", 0)
     model = _model(bias=bias)
     with torch.no_grad():
         want, want_cache = _run(lambda *a: _hf(model, *a))

@@ -83,6 +83,11 @@ def test_lean_and_transformers_forward_answer_alike(engine_and_ref, tiny_tuned):
         other.close()
 
 
+def test_unknown_decoder_is_refused(tiny_tuned):
+    with pytest.raises(ValueError, match="decoder must be auto, lean or transformers"):
+        TransformersEngine(lambda: None, "run", decoder="fast")
+
+
 def test_lanes_score_like_the_unmerged_model(engine_and_ref):
     import torch
 

@@ -208,10 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
             )
             sp.add_argument(
                 "--decoder",
-                choices=["lean", "transformers"],
-                default="lean",
+                choices=["auto", "lean", "transformers"],
+                default="auto",
                 help="transformers engine's forward pass: lean (fewer operations, Llama-style models; others fall "
-                "back) or the transformers model's own (default lean)",
+                "back), the transformers model's own, or auto (default: lean on CPU, transformers on GPU)",
             )
             sp.add_argument(
                 "--cors-origin",

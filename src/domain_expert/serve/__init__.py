@@ -39,7 +39,7 @@ def serve(
     max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT,
     cors_origins: list[str] | None = None,
     engine: str = "transformers",
-    decoder: str = "lean",
+    decoder: str = "auto",
 ) -> None:
     import uvicorn
 

@@ -17,8 +17,9 @@ the adapter's low-rank delta again: one copy of the weights, and the base is exa
 weights (checked in tests/test_serve_batching.py).
 
 Forward passes go through the lean decoder (lean_decoder.py) for Llama-style models: the same arithmetic with fewer
-operations and pre-packed weights, the base lane's delta inside its products. Other models (or `lean=False`) run the
-transformers forward, the base lane's delta then through forward hooks that exist only while a base step runs.
+operations and pre-packed weights, the base lane's delta inside its products (on CPU by default; `decoder="lean"`
+elsewhere). Other models (or `decoder="transformers"`) run the transformers forward, the base lane's delta then
+through forward hooks that exist only while a base step runs.
 
 Thread model: `submit` is called from the server's event loop; everything touching the model runs on the worker
 thread; results go back through each sequence's `emit` callback (which must be thread-safe).
@@ -124,7 +125,7 @@ class BatchScheduler:
         max_prefill_tokens: int = 2048,
         max_wait: float = 0.25,
         on_step: Callable[[dict], None] | None = None,
-        lean: bool = True,
+        decoder: str = "auto",
     ):
         """`build()` runs on the worker thread and returns the model and its settings (see `_configure`). Loading
         and running the model on one thread matters on CPU: a decoding step run on another thread than the one that
@@ -133,7 +134,9 @@ class BatchScheduler:
         self.max_batch = max_batch
         self.max_prefill_tokens = max_prefill_tokens
         self.max_wait = max_wait
-        self.use_lean = lean
+        if decoder not in ("auto", "lean", "transformers"):
+            raise ValueError(f"decoder must be auto, lean or transformers, not {decoder!r}")
+        self.decoder_choice = decoder
         # Waiting for a quarter of the batch (or max_wait) before prefilling: tried 1/2 with 0.5 s and 1/8 with
         # 0.1 s at 16 clients, 150 / 131 vs 151 tokens/s in-process; waiting longer buys nothing measurable.
         self.prefill_fraction = 4
@@ -162,9 +165,10 @@ class BatchScheduler:
         self.device = next(model.parameters()).device
         self.decoder, self.head = model.get_decoder(), model.get_output_embeddings()
         self.cache_arg = cache_kwarg(self.decoder)
-        # the same arithmetic in fewer operations for Llama-style models (lean_decoder.py); others run transformers
+        # the same arithmetic in fewer operations for Llama-style models (lean_decoder.py); others run transformers.
+        # auto: lean on CPU, where it was measured (bench/serve_decode_cost.py); on GPUs only when asked for
         self.lean = None
-        if self.use_lean:
+        if self.decoder_choice == "lean" or (self.decoder_choice == "auto" and self.device.type == "cpu"):
             from domain_expert.serve.lean_decoder import LeanDecoder, unsupported
 
             why = unsupported(model)

@@ -189,7 +189,7 @@ class TransformersEngine(ChatEngine):
             lambda: self._build(lm() if callable(lm) else lm),
             max_batch=max_batch,
             on_step=self._on_step,
-            lean=decoder == "lean",
+            decoder=decoder,
         )
 
     def _build(self, lm) -> dict:

@@ -102,6 +102,10 @@ def _delta(linears, parts: dict, dtype) -> tuple | None:
     return torch.cat(a_s), torch.block_diag(*b_s)
 
 
+# float32 attention scores ([rows, heads, new, total] elements) up to which CPU attention is written out: 16 MiB
+WRITTEN_OUT_MAX_SCORES = 1 << 22
+
+
 def _prepack(weights) -> dict:
     """oneDNN-packed copies of frozen Linear weights on CPU, keyed by id(weight), if packing works here and gives
     what `F.linear` gives (bit for bit in bf16; fp32 may take another kernel, so within 1e-4 relative)."""
@@ -206,23 +210,35 @@ class LeanDecoder:
             y = torch.addmm(y, F.linear(x, a), b.t(), alpha=-1)
         return y
 
-    def _attend(self, q, keys, values, bias):
+    def _attend(self, q, keys, values, mask):
         """Attention of q [rows, heads, new, dim] over keys/values [rows, kv heads, total, dim]: [rows * new,
-        heads * dim]. Written out rather than `scaled_dot_product_attention`, whose CPU kernel took ~0.8 ms per layer
-        for a decoding step of 16 rows here, about as long as all the layer's matrix products
-        (bench/serve_decode_cost.py). Query heads are grouped onto their key/value head (no repeated keys), scores
-        and softmax in float32 as transformers' eager attention does."""
+        heads * dim]. `mask` is the additive float32 bias of `_written_out` steps, else the boolean mask for
+        `scaled_dot_product_attention`.
+
+        Written out on CPU rather than `scaled_dot_product_attention`, whose CPU kernel took ~0.8 ms per layer for a
+        decoding step of 16 rows here, about as long as all the layer's matrix products (bench/serve_decode_cost.py):
+        query heads grouped onto their key/value head (no repeated keys), scores and softmax in float32 as
+        transformers' eager attention does."""
         import torch
+        import torch.nn.functional as F
 
         rows, hq, new, d = q.shape
         hk = keys.shape[1]
+        if mask.dtype == torch.bool:
+            o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scale, enable_gqa=hq != hk)
+            return o.transpose(1, 2).reshape(rows * new, hq * d)
         g = hq // hk
         qg = q.reshape(rows, hk, g * new, d)  # query head h reads key/value head h // g
         scores = torch.matmul(qg, keys.transpose(-1, -2)).float() * self.scale  # [rows, hk, g * new, total]
-        scores = scores.view(rows, hk, g, new, -1) + bias[:, :, None]  # bias [rows, 1, new or 1, total]
+        scores = scores.view(rows, hk, g, new, -1) + mask[:, :, None]  # bias [rows, 1, new or 1, total]
         probs = torch.softmax(scores, dim=-1).to(q.dtype).view(rows, hk, g * new, -1)
         o = torch.matmul(probs, values)  # [rows, hk, g * new, dim]
         return o.view(rows, hq, new, d).transpose(1, 2).reshape(rows * new, hq * d)
+
+    def _written_out(self, rows: int, new: int, total: int, device) -> bool:
+        """Attention written out (CPU, float32 scores no larger than WRITTEN_OUT_MAX_SCORES) or the fused kernel
+        (GPUs, and long prompts, whose [rows, heads, new, total] scores would not fit comfortably in memory)."""
+        return device.type == "cpu" and rows * self.heads * new * total <= WRITTEN_OUT_MAX_SCORES
 
     def __call__(self, ids, mask, positions, cache, subtract: bool = False):
         """Final-normed hidden states [rows, new, hidden] for `ids` [rows, new] at `positions`, attending to the
@@ -246,8 +262,11 @@ class LeanDecoder:
             # causal over the new tokens, and every query sees itself: a left-padding query would otherwise see
             # no key at all (softmax of nothing is NaN, and NaN * 0 is NaN in the rows that do attend)
             allowed = (allowed & (k_pos <= q_pos)) | (k_pos == q_pos)
-        # additive, in float32 like the scores it is added to: 0 where allowed, -inf elsewhere
-        bias = torch.zeros(allowed.shape, dtype=torch.float32, device=ids.device).masked_fill_(~allowed, float("-inf"))
+        attn_mask = allowed
+        if self._written_out(rows, new, total, ids.device):
+            # additive, in float32 like the scores it is added to: 0 where allowed, -inf elsewhere
+            attn_mask = torch.zeros(allowed.shape, dtype=torch.float32, device=ids.device)
+            attn_mask.masked_fill_(~allowed, float("-inf"))
         hq, hk, d = self.heads, self.kv_heads, self.head_dim
         half = d // 2
         for i, L in enumerate(self.layers):
@@ -258,7 +277,7 @@ class LeanDecoder:
             rotated = torch.cat((-qk[..., half:], qk[..., :half]), dim=-1)
             qk = qk * cos + rotated * sin
             keys, values = cache.update(qk[:, hq:], v, i)
-            o = self._attend(qk[:, :hq], keys, values, bias)
+            o = self._attend(qk[:, :hq], keys, values, attn_mask)
             x = x + self._linear(o, L.o, None, L.d_o if subtract else None)
             h = self._norm(x, L.ln2)
             gu = self._linear(h, L.gu, None, L.d_gu if subtract else None)
