@@ -10,13 +10,13 @@ import torch
 from domain_expert.serve.lean_decoder import LeanDecoder, unsupported
 
 
-def _model(bias=False, seed=0):
+def _model(bias=False, seed=0, rope=None):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=101, hidden_size=48, intermediate_size=80, num_hidden_layers=3, num_attention_heads=6,
                       num_key_value_heads=2, attention_bias=bias, initializer_range=0.2, max_position_embeddings=256,
-                      rope_theta=1000.0)  # fmt: skip
+                      rope_parameters=rope or {"rope_type": "default", "rope_theta": 1000.0})  # fmt: skip
     model = LlamaForCausalLM(cfg).eval()
     model.config._attn_implementation = "sdpa"
     return model
@@ -54,14 +54,21 @@ def _run(fn, steps=4):
     return out, (cache, mask)
 
 
-@pytest.mark.parametrize("bias,written_out", [(False, True), (True, True), (False, False)])
-def test_prefill_and_decoding_equal_transformers(bias, written_out, monkeypatch):
-    """Attention written out (CPU, small score tensors) and through the fused kernel (GPUs, long prompts) alike."""
+LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 1000.0, "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 8}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "bias,written_out,rope", [(False, True, None), (True, True, None), (False, False, None), (False, True, LLAMA3_ROPE)]
+)
+def test_prefill_and_decoding_equal_transformers(bias, written_out, rope, monkeypatch):
+    """Attention written out (CPU, small score tensors) and through the fused kernel (GPUs, long prompts) alike;
+    Llama 3's rotary scaling (frequencies fixed at load) too."""
     from domain_expert.serve import lean_decoder
 
     if not written_out:
         monkeypatch.setattr(lean_decoder, "WRITTEN_OUT_MAX_SCORES", 0)
-    model = _model(bias=bias)
+    model = _model(bias=bias, rope=rope)
     with torch.no_grad():
         want, want_cache = _run(lambda *a: _hf(model, *a))
         lean = LeanDecoder(model)
@@ -144,8 +151,8 @@ def test_unsupported_models_are_named():
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50))
     assert "gpt2" in unsupported(gpt2)
     scaled = _model()
-    scaled.config.rope_parameters = {**scaled.config.rope_parameters, "rope_type": "linear", "factor": 2.0}
-    assert "linear" in unsupported(scaled)
+    scaled.config.rope_parameters = {**scaled.config.rope_parameters, "rope_type": "dynamic", "factor": 2.0}
+    assert "dynamic" in unsupported(scaled)
     with pytest.raises(ValueError, match="does not support"):
         LeanDecoder(gpt2)
 

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+
 
 def unsupported(model) -> str | None:
     """Why the lean forward cannot run `model` exactly (None if it can)."""
@@ -37,7 +39,9 @@ def unsupported(model) -> str | None:
     if getattr(cfg, "hidden_act", "silu") != "silu":
         return f"hidden_act {cfg.hidden_act!r}"
     rope = getattr(cfg, "rope_parameters", None) or {}
-    if rope.get("rope_type", "default") != "default":
+    # rotary types whose frequencies are fixed at load (the decoder reads them from the model's rotary module);
+    # dynamic and longrope rescale with the sequence length inside transformers' forward
+    if rope.get("rope_type", "default") not in STATIC_ROPE_TYPES:
         return f"rope_type {rope.get('rope_type')!r}"
     if getattr(cfg, "mlp_bias", False):
         return "MLP biases"
