@@ -27,27 +27,45 @@ GROUPS: tuple[tuple[str, ...], ...] = (("q_proj", "k_proj", "v_proj"), ("gate_pr
                                        ("down_proj",))  # fmt: skip
 
 
+def fuse_linears(linears) -> tuple:
+    """(weight, bias or None) of one product computing several Linear layers of the same input, their outputs
+    concatenated. Each layer's weight becomes a view into the fused weight: no second copy, and an in-place change to
+    either (merging an adapter) is seen by both. A missing bias among biased layers counts as zeros."""
+    import torch
+
+    if len(linears) == 1:
+        m = linears[0]
+        return m.weight.detach(), (m.bias.detach() if m.bias is not None else None)
+    with torch.no_grad():
+        fused = torch.cat([m.weight for m in linears])
+    offset = 0
+    for m in linears:
+        m.weight = torch.nn.Parameter(fused[offset : offset + m.out_features], requires_grad=False)
+        offset += m.out_features
+    bias = None
+    if any(m.bias is not None for m in linears):
+        bias = torch.cat([m.bias.detach() if m.bias is not None else fused.new_zeros(m.out_features)
+                          for m in linears])  # fmt: skip
+    return fused, bias
+
+
+def lora_as_one(a: list, b: list) -> tuple:
+    """LoRA factors of several projections of one input as one pair: the A matrices stacked [sum r, in] and the
+    (already scaled) B matrices block-diagonal [sum out, sum r], so that x A^T B^T is every delta, concatenated."""
+    import torch
+
+    if len(a) == 1:
+        return a[0], b[0]
+    return torch.cat(a), torch.block_diag(*b)
+
+
 class _Group:
     def __init__(self, members: list) -> None:
-        import torch
 
         self.members = members  # [(name, peft LoRA Linear)]
         bases = [m.base_layer for _, m in members]
         self.sizes = [b.out_features for b in bases]
-        with torch.no_grad():
-            fused = torch.cat([b.weight for b in bases]) if len(bases) > 1 else bases[0].weight.detach()
-        # each base weight becomes a view into the fused one: no second copy, and an in-place change to either
-        # (merging an adapter) is seen by both
-        offset = 0
-        for b, n in zip(bases, self.sizes, strict=True):
-            b.weight = torch.nn.Parameter(fused[offset : offset + n], requires_grad=False)
-            offset += n
-        self.weight = fused
-        if any(b.bias is not None for b in bases):
-            self.bias = torch.cat([b.bias if b.bias is not None else fused.new_zeros(n)
-                                   for b, n in zip(bases, self.sizes, strict=True)]).detach()  # fmt: skip
-        else:
-            self.bias = None
+        self.weight, self.bias = fuse_linears(bases)
         self._x = None  # the input of the pending outputs
         self._pending: dict[str, object] = {}
 
@@ -75,10 +93,8 @@ class _Group:
         mods = [m for _, m in self.members]
         flat = x.reshape(-1, x.shape[-1])
         y = F.linear(flat, self.weight, self.bias)
-        a_w = [m.lora_A[adapter].weight for m in mods]
-        b_w = [m.lora_B[adapter].weight * m.scaling[adapter] for m in mods]
-        a = torch.cat(a_w) if len(a_w) > 1 else a_w[0]
-        b = torch.block_diag(*b_w) if len(b_w) > 1 else b_w[0]
+        a, b = lora_as_one([m.lora_A[adapter].weight for m in mods],
+                           [m.lora_B[adapter].weight * m.scaling[adapter] for m in mods])  # fmt: skip
         h = F.linear(flat.to(a.dtype), a)
         if h.dtype == y.dtype:
             y = torch.addmm(y, h, b.t())

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from domain_expert.fused_lora import fuse_linears, lora_as_one
+
 STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 
 
@@ -73,25 +75,9 @@ class _Layer:
     d_down: tuple | None = None
 
 
-def _fuse(linears) -> object:
-    """One weight for several Linear layers of the same input; each layer's weight becomes a view into it."""
-    import torch
-
-    with torch.no_grad():
-        fused = torch.cat([m.weight for m in linears])
-    offset = 0
-    for m in linears:
-        n = m.weight.shape[0]
-        m.weight = torch.nn.Parameter(fused[offset : offset + n], requires_grad=False)
-        offset += n
-    return fused
-
-
 def _delta(linears, parts: dict, dtype) -> tuple | None:
     """The LoRA delta of a group of projections as one (A, B) pair; a projection without an adapter gets a zero-rank
     block. None when none of them is adapted."""
-    import torch
-
     if not any(m in parts for m in linears):
         return None
     a_s, b_s = [], []
@@ -103,7 +89,7 @@ def _delta(linears, parts: dict, dtype) -> tuple | None:
         else:
             a_s.append(m.weight.new_zeros((0, m.in_features)))
             b_s.append(m.weight.new_zeros((m.out_features, 0)))
-    return torch.cat(a_s), torch.block_diag(*b_s)
+    return lora_as_one(a_s, b_s)
 
 
 # float32 attention scores ([rows, heads, new, total] elements) up to which CPU attention is written out: 16 MiB
@@ -141,8 +127,6 @@ class LeanDecoder:
     the merged model) enables `subtract=True`, the base model's output."""
 
     def __init__(self, model, delta=None) -> None:
-        import torch
-
         why = unsupported(model)
         if why:
             raise ValueError(f"the lean decoder does not support this model: {why}")
@@ -164,19 +148,16 @@ class LeanDecoder:
         for layer in dec.layers:
             at, mlp = layer.self_attn, layer.mlp
             qkv_l, gu_l = [at.q_proj, at.k_proj, at.v_proj], [mlp.gate_proj, mlp.up_proj]
-            biases = [m.bias for m in qkv_l]
-            qkv_bias = None
-            if any(b is not None for b in biases):  # Qwen2: q/k/v biases
-                qkv_bias = torch.cat([b.detach() if b is not None else m.weight.new_zeros(m.out_features)
-                                      for b, m in zip(biases, qkv_l, strict=True)])  # fmt: skip
+            qkv, qkv_bias = fuse_linears(qkv_l)  # Qwen2 has q/k/v biases
+            gu, _ = fuse_linears(gu_l)  # no MLP biases (`unsupported`)
             self.layers.append(
                 _Layer(
                     ln1=layer.input_layernorm.weight,
                     ln2=layer.post_attention_layernorm.weight,
-                    qkv=_fuse(qkv_l),
+                    qkv=qkv,
                     qkv_bias=qkv_bias,
                     o=at.o_proj.weight,
-                    gu=_fuse(gu_l),
+                    gu=gu,
                     down=mlp.down_proj.weight,
                     d_qkv=_delta(qkv_l, parts, dtype),
                     d_o=_delta([at.o_proj], parts, dtype),
