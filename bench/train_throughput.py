@@ -8,8 +8,8 @@ prepared data, same number of optimizer steps, side by side in one run (issue #5
     batches padded to their longest row by `DataCollatorForSeq2Seq`, labels masked on the prompt exactly as ours
     (same prompt format and token ids), same learning rate, warmup, cosine-to-10% schedule, batch size, clipping.
 (b) `python -m domain_expert finetune <config>` with its defaults (bf16 where the CPU has it, random batches packed
-    into rows, LoRA projections of one input fused, logits only at answer positions), and each `--lever` as extra
-    key=value overrides.
+    into rows, logits only at answer positions; `train.fuse_lora` is off by default: no gain measured), and each
+    `--lever` as extra key=value overrides.
 
 Each runs in its own process, so peak RSS is its own. Definitions, the same for every row:
 - trained tokens: the trained examples' own tokens (prompt + answer + EOS; no padding, and a prefix that packed rows
