@@ -6,12 +6,18 @@ Same inputs for both: rows of a 100-token cached context (left-padded to mixed l
 the same DynamicCache contents, decoder + head on the last position as the engine calls them. Interleaved rounds so
 drift hits both alike.
 
-    .venv/bin/python bench/serve_decode_cost.py [RUN] [--rounds 3] [--steps 20]
+    .venv/bin/python bench/serve_decode_cost.py [RUN] [--rounds 3] [--steps 20] [--compile]
+
+`--compile` adds the lean decoding step under `torch.compile(dynamic=True)` (prefills stay eager). Inductor cannot
+take the oneDNN-packed weights as graph inputs, so the compiled step runs plain weights; the table then also shows
+the lean step eager with plain weights ("lean plain"), to tell the packing's share from the compiler's, and the
+seconds the first compiled calls took.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import time
@@ -29,6 +35,7 @@ def main() -> None:
     ap.add_argument("run", nargs="?", default="runs/medical-terms")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=20, help="timed decoding steps per batch size and round")
+    ap.add_argument("--compile", action="store_true", help="also the lean decoding step under torch.compile")
     args = ap.parse_args()
 
     torch.set_grad_enabled(False)
@@ -75,24 +82,66 @@ def main() -> None:
 
     paths = {"transformers": hf, "lean": lambda ids, mask, pos, cache: lean(ids, mask, pos, cache)}
     heads = {"transformers": lambda h: head(h).float(), "lean": lean.logits}
+    compile_s = {}
+    if args.compile:
+        plain = copy.copy(lean)
+        plain.packed = {}  # F.linear on the plain weights
+        paths["lean plain"], heads["lean plain"] = plain, plain.logits
+
+        class ListCache:  # DynamicCache.update on plain lists, so the compiled step is a function of tensors
+            def __init__(self, keys, values):
+                self.keys, self.values = list(keys), list(values)
+
+            def update(self, k, v, i):
+                self.keys[i] = torch.cat([self.keys[i], k], dim=2)
+                self.values[i] = torch.cat([self.values[i], v], dim=2)
+                return self.keys[i], self.values[i]
+
+        def step(ids, mask, pos, keys, values):
+            c = ListCache(keys, values)
+            return plain(ids, mask, pos, c), c.keys, c.values
+
+        cstep = torch.compile(step, dynamic=True)
+
+        def compiled(ids, mask, pos, cache):
+            if ids.shape[1] > 1:  # prefills eager
+                return plain(ids, mask, pos, cache)
+            t = time.perf_counter()
+            h, keys, values = cstep(ids, mask, pos, [x.keys for x in cache.layers], [x.values for x in cache.layers])
+            for layer, k, v in zip(cache.layers, keys, values, strict=True):
+                layer.keys, layer.values = k, v
+            kind = "one row" if ids.shape[0] == 1 else "several rows"  # dynamic shapes still specialise on 1
+            compile_s.setdefault(kind, time.perf_counter() - t)
+            return h
+
+        paths["lean compiled"], heads["lean compiled"] = compiled, plain.logits
     results: dict[str, dict[str, list[float]]] = {p: {} for p in paths}
     for _ in range(args.rounds):
         for name, fn in paths.items():
             for rows in (1, 4, 16):
                 results[name].setdefault(f"decode {rows}", []).append(decode(fn, rows, args.steps, heads[name]) * 1000)
+            if name == "lean compiled":
+                continue  # its prefills are lean plain's
             prefill(fn, 4, heads[name])
             results[name].setdefault("prefill 4x100", []).append(
                 statistics.mean(prefill(fn, 4, heads[name])[3] for _ in range(3)) * 1000
             )
     print(f"\nmedian over {args.rounds} rounds, ms (lower is better):")
-    print(f"{'':16}{'transformers':>14}{'lean':>10}{'ratio':>8}")
+    extra = [p for p in paths if p not in ("transformers", "lean")]
+    print(f"{'':16}{'transformers':>14}{'lean':>10}{'ratio':>8}" + "".join(f"{p:>15}" for p in extra))
     table = {}
     for key in results["transformers"]:
         a, b = statistics.median(results["transformers"][key]), statistics.median(results["lean"][key])
         table[key] = {"transformers_ms": a, "lean_ms": b, "ratio": a / b}
-        print(f"{key:16}{a:14.1f}{b:10.1f}{a / b:7.2f}x")
+        more = {p: statistics.median(results[p][key]) for p in extra if key in results[p]}
+        table[key].update({f"{p}_ms": v for p, v in more.items()})
+        print(f"{key:16}{a:14.1f}{b:10.1f}{a / b:7.2f}x" + "".join(f"{more.get(p, float('nan')):15.1f}" for p in extra))
+    if compile_s:
+        print("first compiled calls (compilation): " + ", ".join(f"{k} {v:.0f} s" for k, v in compile_s.items()))
     out = Path("bench/results/serve_decode_cost.json")
-    out.write_text(json.dumps({"rounds": args.rounds, "steps": args.steps, "median": table, "all": results}, indent=1))
+    out = out.with_name("serve_decode_compile.json") if args.compile else out
+    out.write_text(json.dumps({"rounds": args.rounds, "steps": args.steps, "median": table, "all": results,
+                               "first_compiled_call_s": compile_s}, indent=1))  # fmt: skip
     print(f"wrote {out}")
 
 
