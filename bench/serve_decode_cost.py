@@ -6,9 +6,11 @@ Same inputs for both: rows of a 100-token cached context (left-padded to mixed l
 the same DynamicCache contents, decoder + head on the last position as the engine calls them. Interleaved rounds so
 drift hits both alike.
 
-    .venv/bin/python bench/serve_decode_cost.py [RUN] [--rounds 3] [--steps 20] [--compile]
+    .venv/bin/python bench/serve_decode_cost.py [RUN] [--rounds 3] [--steps 20] [--compile | --frozen]
 
-`--compile` adds the lean decoding step under `torch.compile(dynamic=True)` (prefills stay eager). Inductor cannot
+`--frozen` adds `serve --compile`'s decoding step (serve/compiled_step.py: compiled with the weights frozen as
+constants; its compilation time is reported). `--compile` adds the lean decoding step under
+`torch.compile(dynamic=True)` with the weights as graph inputs (prefills stay eager). Inductor cannot
 take the oneDNN-packed weights as graph inputs, so the compiled step runs plain weights; the table then also shows
 the lean step eager with plain weights ("lean plain"), to tell the packing's share from the compiler's, and the
 seconds the first compiled calls took.
@@ -36,7 +38,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=20, help="timed decoding steps per batch size and round")
     ap.add_argument("--compile", action="store_true", help="also the lean decoding step under torch.compile")
+    ap.add_argument("--frozen", action="store_true", help="also `serve --compile`'s step (compiled_step.py)")
     args = ap.parse_args()
+    if args.compile and args.frozen:
+        ap.error("--compile and --frozen are measured in separate runs (--frozen sets inductor's freezing globally)")
 
     torch.set_grad_enabled(False)
     lm = load_for_inference(args.run)
@@ -115,31 +120,42 @@ def main() -> None:
             return h
 
         paths["lean compiled"], heads["lean compiled"] = compiled, plain.logits
+    if args.frozen:
+        from domain_expert.serve.compiled_step import CompiledStep
+
+        frozen = CompiledStep(lean)
+        compile_s["warm-up (one row and several)"] = frozen.warm_up()
+
+        def frozen_step(ids, mask, pos, cache):  # logits as the "hidden" state, the head then the identity
+            return lean(ids, mask, pos, cache) if ids.shape[1] > 1 else frozen(ids, mask, pos, cache)[:, None]
+
+        paths["serve --compile"], heads["serve --compile"] = frozen_step, lambda h: h
     results: dict[str, dict[str, list[float]]] = {p: {} for p in paths}
     for _ in range(args.rounds):
         for name, fn in paths.items():
             for rows in (1, 4, 16):
                 results[name].setdefault(f"decode {rows}", []).append(decode(fn, rows, args.steps, heads[name]) * 1000)
-            if name == "lean compiled":
-                continue  # its prefills are lean plain's
+            if name in ("lean compiled", "serve --compile"):
+                continue  # their prefills are eager
             prefill(fn, 4, heads[name])
             results[name].setdefault("prefill 4x100", []).append(
                 statistics.mean(prefill(fn, 4, heads[name])[3] for _ in range(3)) * 1000
             )
     print(f"\nmedian over {args.rounds} rounds, ms (lower is better):")
     extra = [p for p in paths if p not in ("transformers", "lean")]
-    print(f"{'':16}{'transformers':>14}{'lean':>10}{'ratio':>8}" + "".join(f"{p:>15}" for p in extra))
+    print(f"{'':16}{'transformers':>14}{'lean':>10}{'ratio':>8}" + "".join(f"{p:>17}" for p in extra))
     table = {}
     for key in results["transformers"]:
         a, b = statistics.median(results["transformers"][key]), statistics.median(results["lean"][key])
         table[key] = {"transformers_ms": a, "lean_ms": b, "ratio": a / b}
         more = {p: statistics.median(results[p][key]) for p in extra if key in results[p]}
         table[key].update({f"{p}_ms": v for p, v in more.items()})
-        print(f"{key:16}{a:14.1f}{b:10.1f}{a / b:7.2f}x" + "".join(f"{more.get(p, float('nan')):15.1f}" for p in extra))
+        print(f"{key:16}{a:14.1f}{b:10.1f}{a / b:7.2f}x" + "".join(f"{more.get(p, float('nan')):17.1f}" for p in extra))
     if compile_s:
         print("first compiled calls (compilation): " + ", ".join(f"{k} {v:.0f} s" for k, v in compile_s.items()))
     out = Path("bench/results/serve_decode_cost.json")
     out = out.with_name("serve_decode_compile.json") if args.compile else out
+    out = out.with_name("serve_decode_frozen.json") if args.frozen else out
     out.write_text(json.dumps({"rounds": args.rounds, "steps": args.steps, "median": table, "all": results,
                                "first_compiled_call_s": compile_s}, indent=1))  # fmt: skip
     print(f"wrote {out}")

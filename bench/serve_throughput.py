@@ -5,7 +5,8 @@
 
 Each server is started as a subprocess on a free 127.0.0.1 port with the same weights: ours serves the run (adapter
 merged), the peers its export/ folder (the same merged model) with `transformers serve --continuous-batching`
-("peer") or plain `transformers serve` ("peer-default"). For each concurrency level N, N clients send streamed chat
+("peer") or plain `transformers serve` ("peer-default"); "ours-compiled" is `serve --compile`, healthy only once
+its decoding step is compiled. For each concurrency level N, N clients send streamed chat
 completions back to back (greedy, held-out questions from the run's test split) for `--seconds`. It reports
 aggregate generated tokens/s (from each response's usage, or its content chunks when a server sends no usage), time
 to first token and end-to-end latency p50/p95, and the ratios: N clients vs 1 client, ours vs the peer. Results go
@@ -115,6 +116,7 @@ def start_server(kind: str, run: Path, port: int, max_queue: int) -> tuple[subpr
     if kind.startswith("ours"):
         cmd = [str(bin_dir / "domain-expert"), "serve", str(run), "--port", str(port), "--max-queue", str(max_queue)]
         cmd += ["--decoder", "transformers"] if kind == "ours-transformers-forward" else []
+        cmd += ["--compile"] if kind == "ours-compiled" else []
         model = run.resolve().name
     else:
         export = run / "export"
@@ -226,8 +228,9 @@ def main(argv=None) -> int:
         "--servers",
         nargs="+",
         default=["ours", "peer"],
-        choices=["ours", "ours-transformers-forward", "peer", "peer-default"],
-        help="peer: transformers serve --continuous-batching; peer-default: transformers serve without it",
+        choices=["ours", "ours-compiled", "ours-transformers-forward", "peer", "peer-default"],
+        help="ours-compiled: serve --compile; peer: transformers serve --continuous-batching; peer-default: "
+        "transformers serve without it",
     )
     p.add_argument("--max-queue", type=int, default=64, help="our server's --max-queue")
     p.add_argument("--load-test", action="store_true", help="hold max(--clients) clients on our server")
@@ -281,12 +284,12 @@ def main(argv=None) -> int:
                 for c in args.clients:
                     r = drive(port, model, prompts, c, args.seconds, args.max_tokens)
                     rows.append(asyncio.run(r))
-                    print(f"{kind:12} {c:3} clients: {rows[-1]['tokens_per_s']:7.1f} tok/s", flush=True)
+                    print(f"{kind:13} {c:3} clients: {rows[-1]['tokens_per_s']:7.1f} tok/s", flush=True)
                 out[kind] = rows
             finally:
                 stop_server(proc)
         print(
-            f"\n{'server':12} {'clients':>7} {'tok/s':>8} {'x1':>6} {'ttft p50':>9} {'p95':>7} "
+            f"\n{'server':13} {'clients':>7} {'tok/s':>8} {'x1':>6} {'ttft p50':>9} {'p95':>7} "
             f"{'e2e p50':>8} {'p95':>7} {'reqs':>5} statuses"
         )
         for kind in args.servers:
@@ -294,16 +297,18 @@ def main(argv=None) -> int:
             for r in out[kind]:
                 r["vs_one_client"] = r["tokens_per_s"] / one if one else None
                 print(
-                    f"{kind:12} {r['clients']:7} {r['tokens_per_s']:8.1f} {fmt(r['vs_one_client'], '.1f'):>6} "
+                    f"{kind:13} {r['clients']:7} {r['tokens_per_s']:8.1f} {fmt(r['vs_one_client'], '.1f'):>6} "
                     f"{fmt(r['ttft_p50']):>9} {fmt(r['ttft_p95']):>7} {fmt(r['latency_p50']):>8} "
                     f"{fmt(r['latency_p95']):>7} {r['requests']:5} {r['statuses']}"
                 )
-        if "ours" in out and "peer" in out:
-            out["ours_vs_peer"] = {
-                str(a["clients"]): a["tokens_per_s"] / b["tokens_per_s"] if b["tokens_per_s"] else None
-                for a, b in zip(out["ours"], out["peer"], strict=True)
-            }
-            print("ours / peer tokens/s:", {k: fmt(v, ".1f") for k, v in out["ours_vs_peer"].items()})
+        for ours in ("ours", "ours-compiled"):
+            if ours in out and "peer" in out:
+                key = "ours_vs_peer" if ours == "ours" else "ours_compiled_vs_peer"
+                out[key] = {
+                    str(a["clients"]): a["tokens_per_s"] / b["tokens_per_s"] if b["tokens_per_s"] else None
+                    for a, b in zip(out[ours], out["peer"], strict=True)
+                }
+                print(f"{ours} / peer tokens/s:", {k: fmt(v, ".1f") for k, v in out[key].items()})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".tmp")
     tmp.write_text(json.dumps(out, indent=2))

@@ -4,6 +4,7 @@ methods. Reports tokens/s, time in decoding steps vs prefills (and their forward
 prefill tokens including left padding.
 
     .venv/bin/python bench/serve_worker_time.py [RUN] [--clients 16] [--seconds 20] [--decoder lean|transformers]
+        [--compile] [--out FILE]
 """
 
 from __future__ import annotations
@@ -31,11 +32,13 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--max-tokens", type=int, default=48)
     ap.add_argument("--decoder", choices=["lean", "transformers"], default="lean")
+    ap.add_argument("--compile", action="store_true", help="serve --compile: decoding steps compiled")
+    ap.add_argument("--out", type=Path, default=Path("bench/results/serve_worker_time.json"))
     args = ap.parse_args()
 
     prompts = load_prompts(args.run)
     engine = TransformersEngine(lambda: load_for_inference(args.run), "run", max_queue=4 * args.clients,
-                                max_batch=32, decoder=args.decoder)  # fmt: skip
+                                max_batch=32, decoder=args.decoder, compile=args.compile)  # fmt: skip
     sched = engine.scheduler
     seconds: dict[str, float] = collections.defaultdict(float)
     counts: collections.Counter = collections.Counter()
@@ -94,6 +97,7 @@ def main() -> None:
     out = {
         "clients": args.clients,
         "decoder": args.decoder,
+        "compiled": args.compile,
         "wall_s": wall,
         "tokens_per_s": sum(tokens) / wall,
         "requests": len(tokens),
@@ -108,7 +112,7 @@ def main() -> None:
         print(f"  {k:20} {v:6.2f} s ({v / wall:4.0%} of wall) in {counts[k]} calls, {v / counts[k] * 1000:.1f} ms each")
     print(f"  prefill tokens (with padding): {counts['prefill tokens (with padding)']}")
     print(f"  rows per decoding step: {out['rows_per_decoding_step']}")
-    path = Path("bench/results/serve_worker_time.json")
+    path = args.out
     path.write_text(json.dumps(out, indent=1))
     print(f"wrote {path}")
 

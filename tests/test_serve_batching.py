@@ -83,6 +83,26 @@ def test_lean_and_transformers_forward_answer_alike(engine_and_ref, tiny_tuned):
         other.close()
 
 
+def test_compiled_decoding_steps_answer_alike(engine_and_ref, tiny_tuned):
+    """`serve --compile`: the tuned lane's decoding steps go through the compiled step (compiled before the engine
+    is ready), the base lane's stay eager, and both lanes answer as the eager engine does, batched."""
+    engine, _ = engine_and_ref
+    other = TransformersEngine(_perturbed_lm(tiny_tuned), "run", max_queue=8, max_batch=4, compile=True)
+    try:
+        sched = other.scheduler
+        compiled, rows = sched.compiled, []
+        sched.compiled = lambda ids, *a: rows.append(ids.shape[0]) or compiled(ids, *a)
+        reqs = [_ask(engine, m, q, max_tokens=10) for q in QUESTIONS for m in ("run", "run:base")]
+
+        async def answers(eng):
+            return await asyncio.gather(*(eng.generate(r) for r in reqs))
+
+        assert [r.text for r in asyncio.run(answers(other))] == [r.text for r in asyncio.run(answers(engine))]
+        assert rows and max(rows) > 1  # batched decoding steps ran compiled
+    finally:
+        other.close()
+
+
 def test_unknown_decoder_is_refused(tiny_tuned):
     with pytest.raises(ValueError, match="decoder must be auto, lean or transformers"):
         TransformersEngine(lambda: None, "run", decoder="fast")

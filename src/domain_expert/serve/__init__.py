@@ -40,6 +40,7 @@ def serve(
     cors_origins: list[str] | None = None,
     engine: str = "transformers",
     decoder: str = "auto",
+    compile: bool = False,
 ) -> None:
     import uvicorn
 
@@ -57,6 +58,7 @@ def serve(
             max_queue=max_queue,
             max_batch=max_batch,
             decoder=decoder,
+            compile=compile,
         )
     app = create_app(
         eng,

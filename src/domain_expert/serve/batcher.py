@@ -19,7 +19,8 @@ weights (checked in tests/test_serve_batching.py).
 Forward passes go through the lean decoder (lean_decoder.py) for Llama-style models: the same arithmetic with fewer
 operations and pre-packed weights, the base lane's delta inside its products (on CPU by default; `decoder="lean"`
 elsewhere). Other models (or `decoder="transformers"`) run the transformers forward, the base lane's delta then
-through forward hooks that exist only while a base step runs.
+through forward hooks that exist only while a base step runs. With `compile=True` the tuned lane's decoding steps
+run the lean step compiled with frozen weights (compiled_step.py).
 
 Thread model: `submit` is called from the server's event loop; everything touching the model runs on the worker
 thread; results go back through each sequence's `emit` callback (which must be thread-safe).
@@ -126,6 +127,7 @@ class BatchScheduler:
         max_wait: float = 0.25,
         on_step: Callable[[dict], None] | None = None,
         decoder: str = "auto",
+        compile: bool = False,
     ):
         """`build()` runs on the worker thread and returns the model and its settings (see `_configure`). Loading
         and running the model on one thread matters on CPU: a decoding step run on another thread than the one that
@@ -137,6 +139,7 @@ class BatchScheduler:
         if decoder not in ("auto", "lean", "transformers"):
             raise ValueError(f"decoder must be auto, lean or transformers, not {decoder!r}")
         self.decoder_choice = decoder
+        self.compile = compile
         # Waiting for a quarter of the batch (or max_wait) before prefilling: tried 1/2 with 0.5 s and 1/8 with
         # 0.1 s at 16 clients, 150 / 131 vs 151 tokens/s in-process; waiting longer buys nothing measurable.
         self.prefill_fraction = 4
@@ -176,6 +179,17 @@ class BatchScheduler:
                 self.lean = LeanDecoder(model, base_delta)
             else:
                 log.info("lean decoder off (%s): decoding through the transformers forward", why)
+        # the tuned lane's decoding steps compiled with frozen weights (compiled_step.py), compiled here, before the
+        # server reports healthy, rather than on the first requests
+        self.compiled = None
+        if self.compile:
+            if self.lean is None:
+                log.warning("compile needs the lean decoder (Llama-style models, decoder auto or lean): not compiled")
+            else:
+                from domain_expert.serve.compiled_step import CompiledStep
+
+                self.compiled = CompiledStep(self.lean)
+                log.info("compiled the decoding step in %.0f s", self.compiled.warm_up())
 
     # --- public --------------------------------------------------------------------------------------------------
 
@@ -340,6 +354,8 @@ class BatchScheduler:
         a batched matmul that copies the whole (tied, transposed) embedding matrix every call: ~230 ms of a 300 ms
         prefill for SmolLM2 here (bench/serve_levers.py). A contiguous [rows, hidden] input is a plain matmul."""
         ids, mask, positions = ids.to(self.device), mask.to(self.device), positions.to(self.device)
+        if self.compiled is not None and ids.shape[1] == 1 and lane.name != BASE:
+            return self.compiled(ids, mask, positions, cache)[:, None]
         if self.lean is not None:
             hidden = self.lean(ids, mask, positions, cache, subtract=lane.name == BASE)
         else:
@@ -489,7 +505,7 @@ class BatchScheduler:
         # columns that are padding in every remaining row cost attention time for nothing
         lead = int((lane.mask.cumsum(1) == 0).all(0).sum())
         if lead:
-            lane.mask = lane.mask[:, lead:]
-        for layer in lane.cache.layers:
-            layer.keys = layer.keys.index_select(0, dev_index)[:, :, lead:]
-            layer.values = layer.values.index_select(0, dev_index)[:, :, lead:]
+            lane.mask = lane.mask[:, lead:].contiguous()
+        for layer in lane.cache.layers:  # sliced first, so that the selected rows come out contiguous
+            layer.keys = layer.keys[:, :, lead:].index_select(0, dev_index)
+            layer.values = layer.values[:, :, lead:].index_select(0, dev_index)

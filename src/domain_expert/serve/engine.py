@@ -176,7 +176,17 @@ class ChatEngine:
 class TransformersEngine(ChatEngine):
     """Serves a LoadedModel (domain_expert.generate.load_for_inference) with continuous batching (serve/batcher.py)."""
 
-    def __init__(self, lm, name: str, *, max_queue: int = 32, max_batch: int = 32, metrics=None, decoder: str = "auto"):
+    def __init__(
+        self,
+        lm,
+        name: str,
+        *,
+        max_queue: int = 32,
+        max_batch: int = 32,
+        metrics=None,
+        decoder: str = "auto",
+        compile: bool = False,
+    ):
         """`lm`: a LoadedModel, or a function returning one, which is then called on the scheduler's thread (faster
         on CPU: see BatchScheduler). The engine owns the model: it merges the adapter into the weights."""
         from domain_expert.serve.batcher import BatchScheduler
@@ -190,6 +200,7 @@ class TransformersEngine(ChatEngine):
             max_batch=max_batch,
             on_step=self._on_step,
             decoder=decoder,
+            compile=compile,
         )
 
     def _build(self, lm) -> dict:

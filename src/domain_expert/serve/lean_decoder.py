@@ -229,16 +229,11 @@ class LeanDecoder:
         """Final-normed hidden states [rows, new, hidden] for `ids` [rows, new] at `positions`, attending to the
         cache's keys/values and themselves as `mask` [rows, cached + new] allows; the cache grows by `new`."""
         import torch
-        import torch.nn.functional as F
 
         rows, new = ids.shape
         total = mask.shape[1]
         x = self.embed(ids).reshape(rows * new, -1)
-        dtype = x.dtype
-        freqs = positions[..., None].float() * self.inv_freq.float()
-        emb = torch.cat((freqs, freqs), dim=-1)
-        cos = (emb.cos() * self.rope_scaling).to(dtype)[:, None]  # [rows, 1, new, dim]
-        sin = (emb.sin() * self.rope_scaling).to(dtype)[:, None]
+        cos, sin = self._rotary(positions, x.dtype)
         allowed = mask.bool()[:, None, None, :]  # [rows, 1, 1, total]
         if new > 1:
             past = total - new
@@ -249,23 +244,46 @@ class LeanDecoder:
             allowed = (allowed & (k_pos <= q_pos)) | (k_pos == q_pos)
         attn_mask = allowed
         if self._written_out(rows, new, total, ids.device):
-            # additive, in float32 like the scores it is added to: 0 where allowed, -inf elsewhere
-            attn_mask = torch.zeros(allowed.shape, dtype=torch.float32, device=ids.device)
-            attn_mask.masked_fill_(~allowed, float("-inf"))
+            attn_mask = _additive(allowed)
+        x = self._layers(x, self.layers, rows, new, cos, sin, attn_mask, cache.update, self._linear, subtract)
+        return self._norm(x, self.final_norm).reshape(rows, new, -1)
+
+    def _rotary(self, positions, dtype):
+        """cos and sin [rows, 1, new, dim] for `positions` [rows, new]."""
+        import torch
+
+        freqs = positions[..., None].float() * self.inv_freq.float()
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return (emb.cos() * self.rope_scaling).to(dtype)[:, None], (emb.sin() * self.rope_scaling).to(dtype)[:, None]
+
+    def _layers(self, x, layers, rows, new, cos, sin, attn_mask, update, linear, subtract: bool):
+        """The decoder layers on x [rows * new, hidden]; `update(keys, values, layer)` appends to the cache and
+        returns the layer's whole keys/values; `linear(x, weight, bias, delta)` is the product (`_linear`, or plain
+        `F.linear` for the compiled step, whose compiler packs the frozen weights itself)."""
+        import torch
+        import torch.nn.functional as F
+
         hq, hk, d = self.heads, self.kv_heads, self.head_dim
         half = d // 2
-        for i, L in enumerate(self.layers):
+        for i, L in enumerate(layers):
             h = self._norm(x, L.ln1)
-            qkv = self._linear(h, L.qkv, L.qkv_bias, L.d_qkv if subtract else None)
+            qkv = linear(h, L.qkv, L.qkv_bias, L.d_qkv if subtract else None)
             qkv = qkv.view(rows, new, hq + 2 * hk, d).transpose(1, 2)  # [rows, heads, new, dim]
             qk, v = qkv[:, : hq + hk], qkv[:, hq + hk :]
             rotated = torch.cat((-qk[..., half:], qk[..., :half]), dim=-1)
             qk = qk * cos + rotated * sin
-            keys, values = cache.update(qk[:, hq:], v, i)
+            keys, values = update(qk[:, hq:], v, i)
             o = self._attend(qk[:, :hq], keys, values, attn_mask)
-            x = x + self._linear(o, L.o, None, L.d_o if subtract else None)
+            x = x + linear(o, L.o, None, L.d_o if subtract else None)
             h = self._norm(x, L.ln2)
-            gu = self._linear(h, L.gu, None, L.d_gu if subtract else None)
+            gu = linear(h, L.gu, None, L.d_gu if subtract else None)
             g, u = gu.split(self.intermediate, dim=-1)
-            x = x + self._linear(F.silu(g) * u, L.down, None, L.d_down if subtract else None)
-        return self._norm(x, self.final_norm).reshape(rows, new, -1)
+            x = x + linear(F.silu(g) * u, L.down, None, L.d_down if subtract else None)
+        return x
+
+
+def _additive(allowed):
+    """0 where allowed, -inf elsewhere, in float32 like the attention scores it is added to."""
+    import torch
+
+    return torch.zeros(allowed.shape, dtype=torch.float32, device=allowed.device).masked_fill(~allowed, float("-inf"))
