@@ -109,7 +109,7 @@ def cmd_serve(args) -> int:
     print(f"[domain-expert] serving {args.run} on http://{args.host}:{args.port}/v1 (OpenAI-compatible)"
           + (" with API key" if api_key else ""), flush=True)  # fmt: skip
     if args.compile:
-        print("[domain-expert] --compile: compiling the decoding step before serving (1-2 minutes on a small CPU)",
+        print("[domain-expert] --compile: compiling the decoding step before serving (2-3 minutes on a 2-core CPU)",
               flush=True)  # fmt: skip
     serve(
         args.run,
