@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "--compile",
                 action="store_true",
                 help="compile the lean decoder's decoding step (torch.compile, frozen weights) at start-up: faster "
-                "steps after 1-2 minutes of compiling and one more copy of the weights (docs/serving.md)",
+                "steps after 2-3 minutes of compiling (2-core CPU), one more copy of the weights (docs/serving.md)",
             )
             sp.add_argument(
                 "--cors-origin",
