@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ def main() -> None:
     import torch
     from transformers import DynamicCache
 
+    from domain_expert.fsutil import write_json_atomic
     from domain_expert.generate import load_for_inference
     from domain_expert.serve.lean_decoder import LeanDecoder
 
@@ -156,8 +156,8 @@ def main() -> None:
     out = Path("bench/results/serve_decode_cost.json")
     out = out.with_name("serve_decode_compile.json") if args.compile else out
     out = out.with_name("serve_decode_frozen.json") if args.frozen else out
-    out.write_text(json.dumps({"rounds": args.rounds, "steps": args.steps, "median": table, "all": results,
-                               "first_compiled_call_s": compile_s}, indent=1))  # fmt: skip
+    write_json_atomic(out, {"rounds": args.rounds, "steps": args.steps, "median": table, "all": results,
+                            "first_compiled_call_s": compile_s})  # fmt: skip
     print(f"wrote {out}")
 
 

@@ -309,10 +309,9 @@ def main(argv=None) -> int:
                     for a, b in zip(out[ours], out["peer"], strict=True)
                 }
                 print(f"{ours} / peer tokens/s:", {k: fmt(v, ".1f") for k, v in out[key].items()})
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(out, indent=2))
-    tmp.replace(args.out)
+    from domain_expert.fsutil import write_json_atomic
+
+    write_json_atomic(args.out, out)
     print(f"wrote {args.out}")
     return 0
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import json
 import random
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 
 
 def main() -> None:
+    from domain_expert.fsutil import write_json_atomic
     from domain_expert.generate import load_for_inference
     from domain_expert.serve.engine import GenerationRequest, TransformersEngine
 
@@ -112,9 +112,8 @@ def main() -> None:
         print(f"  {k:20} {v:6.2f} s ({v / wall:4.0%} of wall) in {counts[k]} calls, {v / counts[k] * 1000:.1f} ms each")
     print(f"  prefill tokens (with padding): {counts['prefill tokens (with padding)']}")
     print(f"  rows per decoding step: {out['rows_per_decoding_step']}")
-    path = args.out
-    path.write_text(json.dumps(out, indent=1))
-    print(f"wrote {path}")
+    write_json_atomic(args.out, out)
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -100,9 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         line += f" (+-2 s.e.: {lo:+.4f} .. {hi:+.4f})"
     print(line + f"; ours lower on {p['seeds_ours_better']} of {len(p['val_loss'])} seeds")
     if args.out:
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(p, indent=1))
-        tmp.replace(args.out)
+        from domain_expert.fsutil import write_json_atomic
+
+        write_json_atomic(args.out, p)
         print(f"wrote {args.out}")
     return 0
 
