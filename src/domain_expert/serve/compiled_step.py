@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 
-from domain_expert.serve.lean_decoder import _Layer
+from domain_expert.serve.lean_decoder import _additive, _Layer
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,7 @@ def _module(lean):
             rows = ids.shape[0]
             x = F.embedding(ids, self.embed).reshape(rows, -1)
             cos, sin = lean._rotary(positions, x.dtype)
-            attn_mask = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
-            attn_mask = attn_mask.masked_fill(mask == 0, float("-inf"))[:, None, None, :]
+            attn_mask = _additive(mask.bool()[:, None, None, :])
             keys, values = list(keys), list(values)
 
             def update(k, v, i):
@@ -88,11 +87,10 @@ class CompiledStep:
 
     def __init__(self, lean):
         import torch
+        import torch._inductor.config as inductor_config
 
         self.kv_heads, self.head_dim = lean.kv_heads, lean.head_dim
         self.module = _module(lean)
-        import torch._inductor.config as inductor_config
-
         # process-wide: passing it in torch.compile's options left the weights as graph inputs (no gain measured)
         inductor_config.freezing = True
         self.fn = torch.compile(self.module, dynamic=True)
