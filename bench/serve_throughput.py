@@ -120,7 +120,12 @@ def start_server(kind: str, run: Path, port: int, max_queue: int) -> tuple[subpr
         model = run.resolve().name
     else:
         export = run / "export"
-        cmd = [str(bin_dir / "transformers"), "serve", "--port", str(port), "--device", "cpu", "--dtype", "bfloat16"]
+        # the dtype our server picks on this machine (bf16 where the CPU has native bf16 instructions, else fp32),
+        # so that both servers do the same arithmetic
+        from domain_expert.hardware import resolve_dtype
+
+        dtype = str(resolve_dtype("auto", "cpu")).removeprefix("torch.")
+        cmd = [str(bin_dir / "transformers"), "serve", "--port", str(port), "--device", "cpu", "--dtype", dtype]
         cmd += ["--continuous-batching"] if kind == "peer" else []
         cmd += [str(export)]
         model = str(export)
@@ -239,7 +244,17 @@ def main(argv=None) -> int:
     if not (args.run / "data" / "test.jsonl").exists() or not (args.run / "export").exists():
         raise SystemExit(f"{args.run} is not a finished run (needs data/ and export/): run `domain-expert run` first")
     prompts = load_prompts(args.run)
-    out: dict = {"run": str(args.run), "max_tokens": args.max_tokens, "seconds": args.seconds, "cpus": os.cpu_count()}
+    from domain_expert.hardware import cpu_has_native_bf16, resolve_dtype
+
+    # machines differ between runs (bf16 instructions or not): the figures are only comparable with these
+    out: dict = {
+        "run": str(args.run),
+        "max_tokens": args.max_tokens,
+        "seconds": args.seconds,
+        "cpus": os.cpu_count(),
+        "cpu_native_bf16": cpu_has_native_bf16(),
+        "dtype": str(resolve_dtype("auto", "cpu")).removeprefix("torch."),
+    }
 
     if args.load_test:
         n = max(args.clients)
