@@ -4,7 +4,10 @@ methods. Reports tokens/s, time in decoding steps vs prefills (and their forward
 prefill tokens including left padding.
 
     .venv/bin/python bench/serve_worker_time.py [RUN] [--clients 16] [--seconds 20] [--decoder lean|transformers]
-        [--compile] [--out FILE]
+        [--compile] [--kv slots|concat] [--out FILE]
+
+`--kv concat` runs the lean decoder's lanes on the concatenating DynamicCache instead of the in-place buffers
+(serve/kv_slots.py), to measure what the buffers gain side by side.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=48)
     ap.add_argument("--decoder", choices=["lean", "transformers"], default="lean")
     ap.add_argument("--compile", action="store_true", help="serve --compile: decoding steps compiled")
+    ap.add_argument("--kv", choices=["slots", "concat"], default="slots", help="the lean lanes' key/value cache")
     ap.add_argument("--out", type=Path, default=Path("bench/results/serve_worker_time.json"))
     args = ap.parse_args()
 
@@ -40,6 +44,8 @@ def main() -> None:
     engine = TransformersEngine(lambda: load_for_inference(args.run), "run", max_queue=4 * args.clients,
                                 max_batch=32, decoder=args.decoder, compile=args.compile)  # fmt: skip
     sched = engine.scheduler
+    if args.kv == "concat":
+        sched.slots = False  # read at every join/step/drop; no lane exists yet
     seconds: dict[str, float] = collections.defaultdict(float)
     counts: collections.Counter = collections.Counter()
     rows_per_step: collections.Counter = collections.Counter()
@@ -98,6 +104,7 @@ def main() -> None:
         "clients": args.clients,
         "decoder": args.decoder,
         "compiled": args.compile,
+        "kv": args.kv if sched.slots or args.kv == "concat" else "concat (slots need the eager lean decoder)",
         "wall_s": wall,
         "tokens_per_s": sum(tokens) / wall,
         "requests": len(tokens),

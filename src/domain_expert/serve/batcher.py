@@ -190,6 +190,9 @@ class BatchScheduler:
 
                 self.compiled = CompiledStep(self.lean)
                 log.info("compiled the decoding step in %.0f s", self.compiled.warm_up())
+        # the lean decoder's lanes keep keys/values in preallocated buffers written in place (kv_slots.py); the
+        # transformers forward and the compiled step (whose graphs are specialised to contiguous caches) concatenate
+        self.slots = self.lean is not None and self.compiled is None
 
     # --- public --------------------------------------------------------------------------------------------------
 
@@ -402,6 +405,10 @@ class BatchScheduler:
         import torch
 
         if not lane.rows:
+            if self.slots:
+                from domain_expert.serve.kv_slots import SlotKV
+
+                cache = SlotKV([(layer.keys, layer.values) for layer in cache.layers])
             lane.rows, lane.cache, lane.mask, lane.lengths = list(seqs), cache, mask, lengths
             lane.last = torch.zeros(len(seqs), dtype=torch.long)
             return
@@ -415,9 +422,12 @@ class BatchScheduler:
             shape[dim] = width - t
             return torch.cat([x.new_zeros(shape), x], dim=dim)
 
-        for old, new in zip(lane.cache.layers, cache.layers, strict=True):
-            old.keys = torch.cat([pad_left(old.keys, t_old, 2), pad_left(new.keys, t_new, 2)], dim=0)
-            old.values = torch.cat([pad_left(old.values, t_old, 2), pad_left(new.values, t_new, 2)], dim=0)
+        if self.slots:  # written into the buffers' next rows, right-aligned; the window widens as the mask does
+            lane.cache.join([(layer.keys, layer.values) for layer in cache.layers])
+        else:
+            for old, new in zip(lane.cache.layers, cache.layers, strict=True):
+                old.keys = torch.cat([pad_left(old.keys, t_old, 2), pad_left(new.keys, t_new, 2)], dim=0)
+                old.values = torch.cat([pad_left(old.values, t_old, 2), pad_left(new.values, t_new, 2)], dim=0)
         lane.mask = torch.cat([pad_left(lane.mask, t_old, 1), pad_left(mask, t_new, 1)], dim=0)
         lane.lengths = torch.cat([lane.lengths, lengths])
         lane.last = torch.cat([lane.last, torch.zeros(len(seqs), dtype=torch.long)])
@@ -428,6 +438,8 @@ class BatchScheduler:
 
         started = time.perf_counter()
         lane.mask = torch.cat([lane.mask, torch.ones((len(lane.rows), 1), dtype=torch.long)], dim=1)
+        if self.slots:
+            lane.cache.reserve(1)
         logits = self._forward(lane, lane.last[:, None], lane.mask, lane.lengths[:, None], lane.cache)
         lane.lengths = lane.lengths + 1
         tokens = self._sample(lane.rows, logits[:, -1, :])
@@ -498,6 +510,8 @@ class BatchScheduler:
         if not keep:
             lane.rows, lane.cache, lane.mask, lane.lengths, lane.last = [], None, None, None, None
             return
+        if self.slots:  # holes filled from the end of the batch (kv_slots.py): the rows' order changes alike
+            keep = lane.cache.keep(keep)
         index = torch.tensor(keep, dtype=torch.long)
         dev_index = index.to(self.device)
         lane.rows = [lane.rows[i] for i in keep]
@@ -506,6 +520,9 @@ class BatchScheduler:
         lead = int((lane.mask.cumsum(1) == 0).all(0).sum())
         if lead:
             lane.mask = lane.mask[:, lead:].contiguous()
+        if self.slots:
+            lane.cache.trim(lead)
+            return
         for layer in lane.cache.layers:  # sliced first, so that the selected rows come out contiguous
             layer.keys = layer.keys[:, :, lead:].index_select(0, dev_index)
             layer.values = layer.values[:, :, lead:].index_select(0, dev_index)
