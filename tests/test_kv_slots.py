@@ -77,14 +77,12 @@ def test_slots_hold_what_the_concatenating_cache_holds(seed):
     for _ in range(60):
         op = rnd.choice(["step", "step", "step", "join", "drop"])
         if op == "step" or slots.rows == 0:
-            new = [
-                (torch.randn(slots.rows, HEADS, 1, DIM, generator=gen), torch.randn(slots.rows, HEADS, 1, DIM, generator=gen))
-                for _ in range(LAYERS)
-            ]  # fmt: skip
+            shape = (slots.rows, HEADS, 1, DIM)
+            new = [(torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)) for _ in range(LAYERS)]
             slots.reserve(1)  # grows or moves the window when the spare columns run out
             windows = [slots.update(k, v, i) for i, (k, v) in enumerate(new)]
             ref.step(new)
-            for i, (k, v) in enumerate(windows):  # what the decoder attends to: the whole window, new column included
+            for i, (k, _) in enumerate(windows):  # what the decoder attends to: the whole window, new column included
                 assert k.shape[2] == ref.mask.shape[1] and torch.equal(k[:, :, -1:], new[i][0])
         elif op == "join":  # narrower or wider than the window: both happen
             g_layers, g_mask = _group(rnd.randint(1, 5), rnd.randint(1, slots.width + 6), gen)
