@@ -31,6 +31,7 @@ def main() -> None:
 
     from domain_expert.fsutil import write_json_atomic
     from domain_expert.generate import load_for_inference
+    from domain_expert.hardware import cpu_summary
     from domain_expert.serve.lean_decoder import LeanDecoder
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -49,6 +50,7 @@ def main() -> None:
     decoder, head = model.get_decoder(), model.get_output_embeddings()
     lean = LeanDecoder(model)
     print(f"{model.config.model_type}, {next(model.parameters()).dtype}, attention {model.config._attn_implementation}")
+    print(f"lean decoder's attention probe: {lean.attention} ({lean.attention_probe_us})")
 
     def hf(ids, mask, pos, cache):
         return decoder(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, past_key_values=cache
@@ -87,6 +89,11 @@ def main() -> None:
 
     paths = {"transformers": hf, "lean": lambda ids, mask, pos, cache: lean(ids, mask, pos, cache)}
     heads = {"transformers": lambda h: head(h).float(), "lean": lean.logits}
+    # the two CPU attentions the lean decoder's probe chooses between, each forced (the packed weights shared)
+    for choice in ("written", "fused"):
+        forced = copy.copy(lean)
+        forced.attention = choice
+        paths[f"lean {choice}"], heads[f"lean {choice}"] = forced, forced.logits
     compile_s = {}
     if args.compile:
         plain = copy.copy(lean)
@@ -157,7 +164,8 @@ def main() -> None:
     out = out.with_name("serve_decode_compile.json") if args.compile else out
     out = out.with_name("serve_decode_frozen.json") if args.frozen else out
     write_json_atomic(out, {"rounds": args.rounds, "steps": args.steps, "median": table, "all": results,
-                            "first_compiled_call_s": compile_s})  # fmt: skip
+                            "first_compiled_call_s": compile_s, "attention_probe": lean.attention,
+                            "attention_probe_us": lean.attention_probe_us, "cpu": cpu_summary()})  # fmt: skip
     print(f"wrote {out}")
 
 

@@ -244,7 +244,7 @@ def main(argv=None) -> int:
     if not (args.run / "data" / "test.jsonl").exists() or not (args.run / "export").exists():
         raise SystemExit(f"{args.run} is not a finished run (needs data/ and export/): run `domain-expert run` first")
     prompts = load_prompts(args.run)
-    from domain_expert.hardware import cpu_has_native_bf16, resolve_dtype
+    from domain_expert.hardware import cpu_has_native_bf16, cpu_summary, resolve_dtype
 
     # machines differ between runs (bf16 instructions or not): the figures are only comparable with these
     out: dict = {
@@ -254,6 +254,7 @@ def main(argv=None) -> int:
         "cpus": os.cpu_count(),
         "cpu_native_bf16": cpu_has_native_bf16(),
         "dtype": str(resolve_dtype("auto", "cpu")).removeprefix("torch."),
+        "cpu": cpu_summary(),
     }
 
     if args.load_test:

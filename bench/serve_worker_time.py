@@ -4,7 +4,7 @@ methods. Reports tokens/s, time in decoding steps vs prefills (and their forward
 prefill tokens including left padding.
 
     .venv/bin/python bench/serve_worker_time.py [RUN] [--clients 16] [--seconds 20] [--decoder lean|transformers]
-        [--compile] [--kv slots|concat] [--out FILE]
+        [--compile] [--kv slots|concat] [--attention auto|written|fused] [--out FILE]
 
 `--kv concat` runs the lean decoder's lanes on the concatenating DynamicCache instead of the in-place buffers
 (serve/kv_slots.py), to measure what the buffers gain side by side.
@@ -24,6 +24,7 @@ from pathlib import Path
 def main() -> None:
     from domain_expert.fsutil import write_json_atomic
     from domain_expert.generate import load_for_inference
+    from domain_expert.hardware import cpu_summary
     from domain_expert.serve.engine import GenerationRequest, TransformersEngine
 
     sys.path.insert(0, str(Path(__file__).parent))
@@ -37,6 +38,8 @@ def main() -> None:
     ap.add_argument("--decoder", choices=["lean", "transformers"], default="lean")
     ap.add_argument("--compile", action="store_true", help="serve --compile: decoding steps compiled")
     ap.add_argument("--kv", choices=["slots", "concat"], default="slots", help="the lean lanes' key/value cache")
+    ap.add_argument("--attention", choices=["auto", "written", "fused"], default="auto",
+                    help="the lean decoder's CPU attention (auto: its probe's choice)")  # fmt: skip
     ap.add_argument("--out", type=Path, default=Path("bench/results/serve_worker_time.json"))
     args = ap.parse_args()
 
@@ -44,6 +47,10 @@ def main() -> None:
     engine = TransformersEngine(lambda: load_for_inference(args.run), "run", max_queue=4 * args.clients,
                                 max_batch=32, decoder=args.decoder, compile=args.compile)  # fmt: skip
     sched = engine.scheduler
+    if args.attention != "auto":
+        if sched.lean is None:
+            ap.error("--attention needs the lean decoder")
+        sched.lean.attention = args.attention  # read at every forward pass
     if args.kv == "concat":
         sched.slots = False  # read at every join/step/drop; no lane exists yet
     seconds: dict[str, float] = collections.defaultdict(float)
@@ -78,6 +85,8 @@ def main() -> None:
         return timed(kind, forward)(lane, ids, *a, **k)
 
     sched._forward = split_forward
+    sched._sample = timed("sampling", sched._sample)
+    sched._append = timed("emit + drop rows", sched._append)
 
     async def client(i: int, until: float, tokens: list[int]) -> None:
         rnd = random.Random(i)
@@ -104,6 +113,8 @@ def main() -> None:
         "clients": args.clients,
         "decoder": args.decoder,
         "compiled": args.compile,
+        "attention": sched.lean.attention if sched.lean is not None else None,
+        "cpu": cpu_summary(),
         "kv": args.kv if sched.slots or args.kv == "concat" else "concat (slots need the eager lean decoder)",
         "wall_s": wall,
         "tokens_per_s": sum(tokens) / wall,

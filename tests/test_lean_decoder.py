@@ -59,19 +59,27 @@ LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 1000.0, "factor": 8.0, "low_
 
 
 @pytest.mark.parametrize(
-    "bias,written_out,rope", [(False, True, None), (True, True, None), (False, False, None), (False, True, LLAMA3_ROPE)]
+    "bias,attention,rope",
+    [
+        (False, "written", None),
+        (True, "written", None),
+        (False, "fused", None),
+        (False, "too long to write out", None),
+        (False, "written", LLAMA3_ROPE),
+    ],
 )
-def test_prefill_and_decoding_equal_transformers(bias, written_out, rope, monkeypatch):
-    """Attention written out (CPU, small score tensors) and through the fused kernel (GPUs, long prompts) alike;
-    Llama 3's rotary scaling (frequencies fixed at load) too."""
+def test_prefill_and_decoding_equal_transformers(bias, attention, rope, monkeypatch):
+    """Attention written out and through the fused kernel (the CPU probe's two choices; GPUs and long prompts always
+    take the fused kernel) alike; Llama 3's rotary scaling (frequencies fixed at load) too."""
     from domain_expert.serve import lean_decoder
 
-    if not written_out:
+    if attention == "too long to write out":  # written out asked for, but the scores exceed the limit
         monkeypatch.setattr(lean_decoder, "WRITTEN_OUT_MAX_SCORES", 0)
+        attention = "written"
     model = _model(bias=bias, rope=rope)
     with torch.no_grad():
         want, want_cache = _run(lambda *a: _hf(model, *a))
-        lean = LeanDecoder(model)
+        lean = LeanDecoder(model, attention=attention)
         got, (got_cache, mask) = _run(lambda ids, m, p, c: lean(ids, m, p, c))
     assert len(got) == len(want)
     for g, w in zip(got, want, strict=True):
@@ -196,3 +204,20 @@ def test_prepacked_weights_give_the_plain_results(dtype):
         assert torch.equal(logits, plain_logits)
     else:
         torch.testing.assert_close(logits, plain_logits, rtol=1e-4, atol=1e-4)
+
+
+def test_attention_probe_picks_the_faster_and_bad_choices_are_refused(monkeypatch):
+    """On CPU, attention="auto" takes what `probe_attention` measured to be faster; an unknown choice is an error."""
+    from domain_expert.serve import lean_decoder
+
+    choice, timings = lean_decoder.probe_attention(4, 2, 8, torch.float32, rounds=1, calls=2)
+    assert set(timings) == {"written", "fused"} and all(t > 0 for t in timings.values())
+    assert choice == min(timings, key=timings.get)
+    model = _model()
+    for pick in ("written", "fused"):
+        monkeypatch.setattr(lean_decoder, "probe_attention", lambda *a, pick=pick, **k: (pick, {"probed": 1.0}))
+        lean = LeanDecoder(model)
+        assert (lean.attention, lean.attention_probe_us) == (pick, {"probed": 1.0})
+        assert lean._written_out(2, 1, 8, torch.device("cpu")) == (pick == "written")
+    with pytest.raises(ValueError, match="attention must be one of"):
+        LeanDecoder(model, attention="flash")

@@ -29,6 +29,29 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
+def cpu_summary() -> dict:
+    """What benchmark results record about the CPU: figures are only comparable between like machines (the serving
+    engine's attention choice, for one, flips between a Zen EPYC and a Sapphire Rapids Xeon)."""
+    import os
+
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    flags = _cpu_flags()
+    return {
+        "model_name": name,
+        "cpus": os.cpu_count(),
+        "native_bf16": cpu_has_native_bf16(),
+        "amx_bf16": "amx_bf16" in flags,
+        "avx512_bf16": "avx512_bf16" in flags,
+    }
+
+
 def resolve_device(requested: str = "auto") -> str:
     import torch
 

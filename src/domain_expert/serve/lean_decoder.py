@@ -1,6 +1,6 @@
 """A lean forward pass for Llama-architecture decoders, used by the batching engine (batcher.py).
 
-Why: a SmolLM2 decoding step of 16 rows through transformers spent about as long in the CPU kernel of
+Why: a SmolLM2 decoding step of 16 rows through transformers spent, on a Zen EPYC, about as long in the CPU kernel of
 `scaled_dot_product_attention` (~0.8 ms per layer for a one-token query) as in all the layer's matrix products, and
 oneDNN re-lays out each bf16 weight on every call. This computes the same arithmetic with:
 
@@ -10,7 +10,8 @@ oneDNN re-lays out each bf16 weight on every call. This computes the same arithm
 - q/k/v and gate/up as one product each, over weights concatenated once at load (the model's own Linear weights
   become views into them, so the transformers forward still works without a second copy);
 - attention written out (grouped-query heads onto their key/value head, scores and softmax in float32 as
-  transformers' eager attention), the rotary tables and the mask built once per step for all layers;
+  transformers' eager attention) or the fused kernel, whichever a probe at load finds faster on this CPU
+  (`probe_attention`: the two CPUs measured here disagree), the rotary tables and the mask built once per step;
 - the base lane of a merged LoRA run subtracting the adapter's delta inside the same products (`addmm`) instead of
   forward hooks on every projection.
 
@@ -94,6 +95,42 @@ def _delta(linears, parts: dict, dtype) -> tuple | None:
 
 # float32 attention scores ([rows, heads, new, total] elements) up to which CPU attention is written out: 16 MiB
 WRITTEN_OUT_MAX_SCORES = 1 << 22
+ATTENTION_CHOICES = ("auto", "written", "fused")
+
+
+def probe_attention(heads: int, kv_heads: int, head_dim: int, dtype, rounds: int = 3, calls: int = 10) -> tuple:
+    """Which CPU attention is faster on this machine for a decoding step of 16 rows over 128 cached columns (the
+    serving engine's busy case): ("written" or "fused", {name: best microseconds per call}).
+
+    Why a probe and not a rule: the same step measured opposite ways on two CPUs. On a Zen EPYC (AVX-512 bf16, no AMX)
+    the fused `scaled_dot_product_attention` kernel took ~0.8 ms per layer at 16 rows, as long as the layer's
+    products, and writing attention out won; on a Sapphire Rapids Xeon (AMX) the fused kernel took 71 us against
+    190 us written out, and a whole 16-row SmolLM2 step was 1.2x faster with it (bench/serve_decode_cost.py). The
+    probe costs a few milliseconds at load. Inputs are views into wider buffers, as the engine's key/value slots are."""
+    import time
+
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    rows, total = 16, 128
+    q = torch.randn(rows, heads, 1, head_dim, generator=g).to(dtype)
+    buf = torch.randn(2, rows, kv_heads, total + 64, head_dim, generator=g).to(dtype)
+    keys, values = buf[0, :, :, 32 : 32 + total], buf[1, :, :, 32 : 32 + total]
+    allowed = torch.ones(rows, 1, 1, total, dtype=torch.bool)
+    allowed[::2, :, :, :16] = False  # left padding in half the rows
+    probe = LeanDecoder.__new__(LeanDecoder)  # only _attend's inputs: the scale
+    probe.scale = head_dim**-0.5
+    masks = {"written": _additive(allowed), "fused": allowed}
+    best = dict.fromkeys(masks, float("inf"))
+    for mask in masks.values():  # first calls pay one-off set-up
+        probe._attend(q, keys, values, mask)
+    for _ in range(rounds):  # interleaved, so that drift hits both alike
+        for name, mask in masks.items():
+            t = time.perf_counter()
+            for _ in range(calls):
+                probe._attend(q, keys, values, mask)
+            best[name] = min(best[name], (time.perf_counter() - t) / calls * 1e6)
+    return min(best, key=best.get), best
 
 
 def _prepack(weights) -> dict:
@@ -126,10 +163,15 @@ class LeanDecoder:
     """The decoder of a (merged) Llama-style model as one lean function; `delta` (batcher.LoraDelta, already bound to
     the merged model) enables `subtract=True`, the base model's output."""
 
-    def __init__(self, model, delta=None) -> None:
+    def __init__(self, model, delta=None, attention: str = "auto") -> None:
+        """`attention`: on CPU, "written" (out, float32 scores as transformers' eager attention), "fused"
+        (`scaled_dot_product_attention`) or "auto" (`probe_attention` picks the faster here). GPUs always use the
+        fused kernel, and so do prompts whose scores would exceed WRITTEN_OUT_MAX_SCORES."""
         why = unsupported(model)
         if why:
             raise ValueError(f"the lean decoder does not support this model: {why}")
+        if attention not in ATTENTION_CHOICES:
+            raise ValueError(f"attention must be one of {', '.join(ATTENTION_CHOICES)}, not {attention!r}")
         cfg, dec = model.config, model.get_decoder()
         attn0 = dec.layers[0].self_attn
         self.embed = dec.embed_tokens
@@ -168,6 +210,14 @@ class LeanDecoder:
         self.head_weight = model.get_output_embeddings().weight
         weights = [w for L in self.layers for w in (L.qkv, L.o, L.gu, L.down)] + [self.head_weight]
         self.packed = _prepack(weights)  # id(weight) -> packed weight; empty where oneDNN packing is unavailable
+        self.attention, self.attention_probe_us = attention, None
+        if attention == "auto":
+            if self.head_weight.device.type == "cpu":
+                self.attention, self.attention_probe_us = probe_attention(
+                    self.heads, self.kv_heads, self.head_dim, dtype
+                )
+            else:
+                self.attention = "fused"
 
     def logits(self, hidden):
         """The output head on [rows, hidden] (float32 logits)."""
@@ -200,10 +250,9 @@ class LeanDecoder:
         heads * dim]. `mask` is the additive float32 bias of `_written_out` steps, else the boolean mask for
         `scaled_dot_product_attention`.
 
-        Written out on CPU rather than `scaled_dot_product_attention`, whose CPU kernel took ~0.8 ms per layer for a
-        decoding step of 16 rows here, about as long as all the layer's matrix products (bench/serve_decode_cost.py):
-        query heads grouped onto their key/value head (no repeated keys), scores and softmax in float32 as
-        transformers' eager attention does."""
+        Written out (on CPUs where `probe_attention` finds it faster than the fused kernel): query heads grouped onto
+        their key/value head (no repeated keys), scores and softmax in float32 as transformers' eager attention
+        does."""
         import torch
         import torch.nn.functional as F
 
@@ -221,9 +270,14 @@ class LeanDecoder:
         return o.view(rows, hq, new, d).transpose(1, 2).reshape(rows * new, hq * d)
 
     def _written_out(self, rows: int, new: int, total: int, device) -> bool:
-        """Attention written out (CPU, float32 scores no larger than WRITTEN_OUT_MAX_SCORES) or the fused kernel
-        (GPUs, and long prompts, whose [rows, heads, new, total] scores would not fit comfortably in memory)."""
-        return device.type == "cpu" and rows * self.heads * new * total <= WRITTEN_OUT_MAX_SCORES
+        """Attention written out (CPU where chosen, float32 scores no larger than WRITTEN_OUT_MAX_SCORES) or the
+        fused kernel (GPUs, CPUs where it is faster, and long prompts, whose [rows, heads, new, total] scores would not
+        fit comfortably in memory)."""
+        return (
+            device.type == "cpu"
+            and self.attention == "written"
+            and rows * self.heads * new * total <= WRITTEN_OUT_MAX_SCORES
+        )
 
     def __call__(self, ids, mask, positions, cache, subtract: bool = False):
         """Final-normed hidden states [rows, new, hidden] for `ids` [rows, new] at `positions`, attending to the
