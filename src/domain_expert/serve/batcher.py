@@ -23,7 +23,8 @@ through forward hooks that exist only while a base step runs. With `compile=True
 run the lean step compiled with frozen weights (compiled_step.py).
 
 Thread model: `submit` is called from the server's event loop; everything touching the model runs on the worker
-thread; results go back through each sequence's `emit` callback (which must be thread-safe).
+thread; results go back through each sequence's `emit` callback (which must be thread-safe; it may queue events
+until the scheduler calls `flush`, which it does after each prefill group, decoding step and pass of its loop).
 """
 
 from __future__ import annotations
@@ -126,6 +127,7 @@ class BatchScheduler:
         max_prefill_tokens: int = 2048,
         max_wait: float = 0.25,
         on_step: Callable[[dict], None] | None = None,
+        flush: Callable[[], None] | None = None,
         decoder: str = "auto",
         compile: bool = False,
     ):
@@ -144,6 +146,9 @@ class BatchScheduler:
         # 0.1 s at 16 clients, 150 / 131 vs 151 tokens/s in-process; waiting longer buys nothing measurable.
         self.prefill_fraction = 4
         self.on_step = on_step
+        # called after each prefill group, decoding step and pass of the loop: sequences' `emit` may only queue
+        # their events, delivered in one batch per call (engine.LoopMailbox)
+        self.flush = flush or (lambda: None)
         self.inbox: queue.Queue = queue.Queue()
         self.waiting: list[Sequence] = []
         self.lanes = {TUNED: _Lane(TUNED), BASE: _Lane(BASE)}
@@ -236,6 +241,8 @@ class BatchScheduler:
             except Exception as e:  # never leave a client hanging: fail what was in flight, keep serving
                 log.exception("batch step failed")
                 self._fail_all(f"{type(e).__name__}: {e}")
+            finally:
+                self.flush()
 
     def _drain(self, block: bool) -> None:
         try:
@@ -452,12 +459,16 @@ class BatchScheduler:
         """One token per row, each row with its own settings; returns [(id, logprob_info|None)]."""
         import torch
 
-        picks = logits.argmax(-1)
+        # max(-1).indices: the same first-maximum index as argmax, ~3x faster on CPU here (160 vs 490 us for 16 rows
+        # of SmolLM2's 49k-token vocabulary); one list conversion, not one tensor read per row
+        picks = logits.max(-1).indices.tolist()
         need_logp = any(s.logprobs is not None for s in seqs)
+        if not need_logp and all(s.temperature <= 0 for s in seqs):  # all greedy: the common case under load
+            return [(token, None) for token in picks]
         logp = torch.log_softmax(logits, dim=-1) if need_logp else None
         out = []
         for i, s in enumerate(seqs):
-            token = int(picks[i])
+            token = picks[i]
             if s.temperature > 0:
                 if s.generator is None:
                     s.generator = torch.Generator(device="cpu")
@@ -483,10 +494,12 @@ class BatchScheduler:
         import torch
 
         keep = list(range(start))
+        # per-row tensor reads and writes cost microseconds each: the row loop works on Python lists
+        lane.last[start : start + len(tokens)] = torch.tensor([token for token, _ in tokens], dtype=torch.long)
+        lengths = lane.lengths.tolist() if self.context_length is not None else None
         for j, (token, info) in enumerate(tokens):
             i = start + j
             seq = lane.rows[i]
-            lane.last[i] = token
             seq.generated += 1
             finished = None
             if seq.cancel.is_set():
@@ -497,7 +510,7 @@ class BatchScheduler:
                 seq.emit("token", (token, info))
                 if seq.generated >= seq.max_new_tokens:
                     finished = "length"
-                elif self.context_length is not None and int(lane.lengths[i]) + 1 >= self.context_length:
+                elif lengths is not None and lengths[i] + 1 >= self.context_length:
                     finished = "length"
             if finished is None:
                 keep.append(i)
@@ -505,6 +518,7 @@ class BatchScheduler:
                 if finished == "stop":
                     seq.emit("token", (token, info))  # the EOS is counted (usage), never shown as text
                 seq.emit("done", finished)
+        self.flush()  # the tokens reach their clients now, before the cache bookkeeping below
         if len(keep) == len(lane.rows):
             return
         if not keep:

@@ -13,8 +13,11 @@ delta subtracted for those rows): one copy of the weights.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
+import threading
 import time
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -173,6 +176,41 @@ class ChatEngine:
         raise NotImplementedError
 
 
+class LoopMailbox:
+    """Hands the worker thread's events to one asyncio loop in batches. Why: a decoding step of 16 rows emits 16
+    tokens within microseconds, and `call_soon_threadsafe` per token wakes the loop each time (a write to its
+    self-pipe, ~65 us here) while the loop's thread competes for the GIL with the worker's dispatch of the next step.
+    `put` only queues; the scheduler calls `flush` after each prefill group, each decoding step and each pass of its
+    loop, which schedules one delivery of everything queued."""
+
+    def __init__(self, loop) -> None:
+        self.loop = loop
+        self._items: collections.deque = collections.deque()
+        self._lock = threading.Lock()
+
+    def put(self, queue: asyncio.Queue, item) -> None:
+        """From the worker thread; raises RuntimeError once the loop is closed (the caller cancels its sequence)."""
+        if self.loop.is_closed():
+            raise RuntimeError("event loop is closed")
+        with self._lock:
+            self._items.append((queue, item))
+
+    def flush(self) -> None:
+        with self._lock:
+            if not self._items:
+                return
+            items, self._items = self._items, collections.deque()
+        try:
+            self.loop.call_soon_threadsafe(self._deliver, items)
+        except RuntimeError:  # the loop closed meanwhile: its sequences are cancelled at their next event
+            pass
+
+    @staticmethod
+    def _deliver(items) -> None:
+        for queue, item in items:
+            queue.put_nowait(item)
+
+
 class TransformersEngine(ChatEngine):
     """Serves a LoadedModel (domain_expert.generate.load_for_inference) with continuous batching (serve/batcher.py)."""
 
@@ -195,10 +233,13 @@ class TransformersEngine(ChatEngine):
         self.max_batch = max_batch
         self.admission = Admission(max_queue, concurrency=max_batch)
         self.metrics = metrics
+        self._mailboxes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> LoopMailbox
+        self._mailbox_lock = threading.Lock()
         self.scheduler = BatchScheduler(
             lambda: self._build(lm() if callable(lm) else lm),
             max_batch=max_batch,
             on_step=self._on_step,
+            flush=self._flush,
             decoder=decoder,
             compile=compile,
         )
@@ -232,6 +273,13 @@ class TransformersEngine(ChatEngine):
             prefix=self._shared_prefix(),
         )
 
+    def _flush(self) -> None:
+        """Called by the scheduler's thread: deliver the events its sequences emitted (LoopMailbox)."""
+        with self._mailbox_lock:
+            boxes = list(self._mailboxes.values())
+        for box in boxes:
+            box.flush()
+
     def _on_step(self, step: dict) -> None:
         if self.metrics is not None:
             self.metrics.on_step(step)
@@ -254,13 +302,17 @@ class TransformersEngine(ChatEngine):
         base = self._is_base(request.model)
         self.admission.admit()
         loop = asyncio.get_running_loop()
+        with self._mailbox_lock:
+            mailbox = self._mailboxes.get(loop)
+            if mailbox is None:
+                mailbox = self._mailboxes[loop] = LoopMailbox(loop)
         events: asyncio.Queue = asyncio.Queue()
         ids = self._encode(request.prompt if request.prompt is not None else request.messages)
         state["prompt_ids"] = ids
 
         def emit(kind, payload):
             try:
-                loop.call_soon_threadsafe(events.put_nowait, (kind, payload))
+                mailbox.put(events, (kind, payload))
             except RuntimeError:  # the request's event loop is gone (client and server side both finished)
                 seq.cancel.set()
 
