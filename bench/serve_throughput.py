@@ -239,6 +239,13 @@ def main(argv=None) -> int:
     )
     p.add_argument("--max-queue", type=int, default=64, help="our server's --max-queue")
     p.add_argument("--load-test", action="store_true", help="hold max(--clients) clients on our server")
+    p.add_argument(
+        "--load-warmup",
+        type=float,
+        default=20.0,
+        help="load test: seconds at full concurrency before the measured window (buffers and allocator arenas "
+        "grow to working size there; growth after it is what a leak would show)",
+    )
     p.add_argument("--out", type=Path, default=Path("bench/results/serve_throughput.json"))
     args = p.parse_args(argv)
     if not (args.run / "data" / "test.jsonl").exists() or not (args.run / "export").exists():
@@ -262,7 +269,11 @@ def main(argv=None) -> int:
         port = free_port()
         proc, model = start_server("ours", args.run, port, args.max_queue)
         try:
-            asyncio.run(drive(port, model, prompts, 1, 2, args.max_tokens))  # warm-up
+            asyncio.run(drive(port, model, prompts, 1, 2, args.max_tokens))  # warm-up: first call
+            rss_before_warmup = rss_mib(proc.pid)
+            warm = {"statuses": {}}
+            if args.load_warmup > 0:
+                warm = asyncio.run(drive(port, model, prompts, n, args.load_warmup, args.max_tokens))
             samples: list[tuple[float, float]] = []
 
             async def run_with_sampling():
@@ -276,15 +287,24 @@ def main(argv=None) -> int:
             res = asyncio.run(run_with_sampling())
         finally:
             stop_server(proc)
-        errors = {k: v for k, v in res["statuses"].items() if k not in ("200", "429")}
+        # an error during the warm-up fails the test too: it is the same load
+        errors = {
+            k: res["statuses"].get(k, 0) + warm["statuses"].get(k, 0)
+            for k in {*res["statuses"], *warm["statuses"]}
+            if k not in ("200", "429")
+        }
         third = max(1, len(samples) // 3)
         mid = max(m for _, m in samples[third : 2 * third] or samples)
         last = max(m for _, m in samples[2 * third :] or samples)
         res.update(
+            warmup_s=args.load_warmup,
+            warmup_statuses=warm["statuses"],
+            rss_before_warmup_mib=rss_before_warmup,
             rss_first_mib=samples[0][1],
             rss_mid_third_max_mib=mid,
             rss_last_third_max_mib=last,
             rss_growth_last_vs_mid_pct=100 * (last - mid) / mid,
+            rss_samples_s_mib=[(round(t, 1), round(m, 1)) for t, m in samples],  # to see a step from a leak
             errors=errors,
             passed=not errors and res["requests"] > 0 and last <= mid * 1.05,
         )
