@@ -247,3 +247,39 @@ def test_vllm_engine_missing_is_a_clear_error(tiny_tuned):
     with pytest.raises(DomainExpertError) as e:
         serve(tiny_tuned, engine="vllm")
     assert "pip install vllm" in e.value.one_line()
+
+
+def test_loop_mailbox_delivers_in_order_once_flushed_and_refuses_after_close():
+    """Events put from the worker thread reach their queues only at `flush`, in order, in one delivery; after the
+    loop closes `put` raises (the scheduler then cancels the sequence) and `flush` does not."""
+    import threading
+
+    from domain_expert.serve.engine import LoopMailbox
+
+    async def scenario():
+        box = LoopMailbox(asyncio.get_running_loop())
+        qa, qb = asyncio.Queue(), asyncio.Queue()
+
+        def worker():
+            for i in range(5):
+                box.put(qa if i % 2 == 0 else qb, i)
+
+        t = threading.Thread(target=worker)
+        t.start()
+        t.join()
+        await asyncio.sleep(0.01)
+        assert qa.empty() and qb.empty()  # queued, not delivered: delivery is one wake-up per flush
+        threading.Thread(target=box.flush).start()
+        got_a = [await asyncio.wait_for(qa.get(), 2) for _ in range(3)]
+        got_b = [await asyncio.wait_for(qb.get(), 2) for _ in range(2)]
+        box.flush()  # nothing queued: a no-op
+        box.put(qa, "late")  # queued while the loop runs, flushed after it closed
+        return box, got_a, got_b
+
+    loop = asyncio.new_event_loop()
+    box, got_a, got_b = loop.run_until_complete(scenario())
+    assert got_a == [0, 2, 4] and got_b == [1, 3]
+    loop.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        box.put(asyncio.Queue(), 9)
+    box.flush()  # must not raise with the loop gone (the late event's sequence is cancelled by the scheduler)
