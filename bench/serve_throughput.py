@@ -134,7 +134,8 @@ def start_server(kind: str, run: Path, port: int, max_queue: int) -> tuple[subpr
     deadline = time.time() + 300
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"{kind} server exited ({proc.returncode}); see {log.name}")
+            hint = "" if kind.startswith("ours") else " (transformers serve needs `pip install -e '.[bench]'`)"
+            raise SystemExit(f"{kind} server exited ({proc.returncode}); see {log.name}{hint}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
                 s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")

@@ -4,10 +4,11 @@ methods. Reports tokens/s, time in decoding steps vs prefills (and their forward
 prefill tokens including left padding.
 
     .venv/bin/python bench/serve_worker_time.py [RUN] [--clients 16] [--seconds 20] [--decoder lean|transformers]
-        [--compile] [--kv slots|concat] [--attention auto|written|fused] [--out FILE]
+        [--compile] [--kv slots|concat] [--attention auto|written|fused] [--mix on|off] [--out FILE]
 
 `--kv concat` runs the lean decoder's lanes on the concatenating DynamicCache instead of the in-place buffers
-(serve/kv_slots.py), to measure what the buffers gain side by side.
+(serve/kv_slots.py), to measure what the buffers gain side by side; `--mix off` prefills arrivals in a pass of their
+own instead of inside their lane's decoding step (LeanDecoder.mixed).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ def main() -> None:
     ap.add_argument("--decoder", choices=["lean", "transformers"], default="lean")
     ap.add_argument("--compile", action="store_true", help="serve --compile: decoding steps compiled")
     ap.add_argument("--kv", choices=["slots", "concat"], default="slots", help="the lean lanes' key/value cache")
+    ap.add_argument("--mix", choices=["on", "off"], default="on",
+                    help="arrivals prefilled inside a decoding step (on) or in a pass of their own")  # fmt: skip
     ap.add_argument("--attention", choices=["auto", "written", "fused"], default="auto",
                     help="the lean decoder's CPU attention (auto: its probe's choice)")  # fmt: skip
     ap.add_argument("--out", type=Path, default=Path("bench/results/serve_worker_time.json"))
@@ -51,6 +54,7 @@ def main() -> None:
         if sched.lean is None:
             ap.error("--attention needs the lean decoder")
         sched.lean.attention = args.attention  # read at every forward pass
+    sched.mix_prefill = args.mix == "on"  # read at every admission
     if args.kv == "concat":
         sched.slots = False  # read at every join/step/drop; no lane exists yet
     seconds: dict[str, float] = collections.defaultdict(float)
@@ -85,6 +89,14 @@ def main() -> None:
         return timed(kind, forward)(lane, ids, *a, **k)
 
     sched._forward = split_forward
+    forward_mixed = sched._forward_mixed
+
+    def counted_mixed(lane, step, prefill):  # a decoding step with arrivals' prefill in the same pass
+        counts["prefill tokens (with padding)"] += prefill[0].numel()
+        counts["prefills inside decoding steps"] += 1
+        return timed("mixed forward", forward_mixed)(lane, step, prefill)
+
+    sched._forward_mixed = counted_mixed
     sched._sample = timed("sampling", sched._sample)
     sched._append = timed("emit + drop rows", sched._append)
 
@@ -115,6 +127,7 @@ def main() -> None:
         "compiled": args.compile,
         "attention": sched.lean.attention if sched.lean is not None else None,
         "cpu": cpu_summary(),
+        "mix_prefill": sched.mix_prefill and sched.slots,
         "kv": args.kv if sched.slots or args.kv == "concat" else "concat (slots need the eager lean decoder)",
         "wall_s": wall,
         "tokens_per_s": sum(tokens) / wall,

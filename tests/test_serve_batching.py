@@ -65,6 +65,41 @@ def test_batched_answers_equal_one_at_a_time(engine_and_ref):
     assert [r.text for r in one[0::2]] != [r.text for r in one[1::2]]
 
 
+def test_arrivals_prefilled_inside_decoding_steps_answer_alike(engine_and_ref):
+    """Requests that arrive while their lane decodes are prefilled in the same pass as its decoding step
+    (LeanDecoder.mixed): the answers, in both lanes, are those of one request at a time, and of separate prefills."""
+    engine, _ = engine_and_ref
+    sched = engine.scheduler
+    mixed, groups = sched.lean.mixed, []
+    # rows of each prefill that ran inside a decoding step
+    sched.lean.mixed = lambda p, *a, **k: groups.append(p[1][0].shape[0] if len(p) > 1 else 0) or mixed(p, *a, **k)
+    # batch of 4: the two 3-token answers leave together, and two waiting requests join the two still decoding
+    lengths = [3, 3, 16, 16, 8, 8, 8, 8]
+    reqs = [_ask(engine, m, QUESTIONS[i % 4], max_tokens=n) for m in ("run", "run:base") for i, n in enumerate(lengths)]
+
+    async def together(lane_reqs):
+        return await asyncio.gather(*(engine.generate(r) for r in lane_reqs))
+
+    def per_lane():
+        return asyncio.run(together(reqs[:8])) + asyncio.run(together(reqs[8:]))
+
+    async def alone():
+        return [await engine.generate(r) for r in reqs]
+
+    try:
+        mixed_answers = per_lane()
+        assert groups and max(groups) >= 2  # prefills of two rows did run inside decoding steps
+        sched.mix_prefill = False
+        groups.clear()
+        separate = per_lane()
+        assert not any(groups)
+        one = asyncio.run(alone())
+    finally:
+        sched.lean.mixed, sched.mix_prefill = mixed, True
+    assert [r.text for r in mixed_answers] == [r.text for r in one] == [r.text for r in separate]
+    assert [r.completion_tokens for r in mixed_answers] == [r.completion_tokens for r in one]
+
+
 def test_lean_and_transformers_forward_answer_alike(engine_and_ref, tiny_tuned):
     """The engine runs the lean decoder on this Llama; the transformers forward (`--decoder transformers`) gives the
     same answers in both lanes, batched."""

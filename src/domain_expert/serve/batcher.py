@@ -75,6 +75,7 @@ class _Lane:
         self.lengths = None  # [rows] real tokens per row (next position id)
         self.last = None  # [rows] last sampled token
         self.prefix_kv = None  # the shared prefix's [(keys, values)] per layer, computed on first use
+        self.pending: list = []  # admitted sequences to prefill inside the lane's next decoding step
 
 
 class LoraDelta:
@@ -130,6 +131,7 @@ class BatchScheduler:
         flush: Callable[[], None] | None = None,
         decoder: str = "auto",
         compile: bool = False,
+        mix_prefill: bool = True,
     ):
         """`build()` runs on the worker thread and returns the model and its settings (see `_configure`). Loading
         and running the model on one thread matters on CPU: a decoding step run on another thread than the one that
@@ -142,6 +144,9 @@ class BatchScheduler:
             raise ValueError(f"decoder must be auto, lean or transformers, not {decoder!r}")
         self.decoder_choice = decoder
         self.compile = compile
+        # arrivals for a lane that is decoding are prefilled inside its next decoding step: one pass of the matrix
+        # products over both (LeanDecoder.mixed); off, or without the eager lean decoder, a prefill is its own pass
+        self.mix_prefill = mix_prefill
         # Waiting for a quarter of the batch (or max_wait) before prefilling: tried 1/2 with 0.5 s and 1/8 with
         # 0.1 s at 16 clients, 150 / 131 vs 151 tokens/s in-process; waiting longer buys nothing measurable.
         self.prefill_fraction = 4
@@ -255,9 +260,10 @@ class BatchScheduler:
             pass
 
     def _fail_all(self, message: str) -> None:
-        seqs = [seq for lane in self.lanes.values() for seq in lane.rows] + self.waiting
+        seqs = [seq for lane in self.lanes.values() for seq in lane.rows + lane.pending] + self.waiting
         for lane in self.lanes.values():
             lane.rows, lane.cache, lane.mask, lane.lengths, lane.last = [], None, None, None, None
+            lane.pending = []
         self.waiting = []
         for seq in seqs:
             with contextlib.suppress(Exception):
@@ -291,7 +297,14 @@ class BatchScheduler:
                 kept.append(seq)
         self.waiting = kept
         for name, seqs in by_lane.items():
-            self._prefill(self.lanes[name], seqs)
+            lane = self.lanes[name]
+            mixable, alone = self._split_prefix(seqs)
+            if lane.rows and self.mix_prefill and self.slots:
+                lane.pending = mixable  # decoded next in this pass of the loop (_decode), with the lane's rows
+            else:
+                alone = seqs
+            if alone:
+                self._prefill(lane, alone)
 
     def _cancelled_early(self, seq: Sequence) -> bool:
         if seq.cancel.is_set():
@@ -299,12 +312,18 @@ class BatchScheduler:
             return True
         return False
 
-    def _prefill(self, lane: _Lane, seqs: list[Sequence]) -> None:
+    def _split_prefix(self, seqs: list[Sequence]) -> tuple[list, list]:
+        """(sequences whose prompts extend the shared prefix, the others): the prefix serves prompts that extend it,
+        unless every prompt token's log-prob is asked."""
         p = len(self.prefix)
         cached, rest = [], []
-        for s in seqs:  # the prefix serves prompts that extend it, unless every prompt token's log-prob is asked
+        for s in seqs:
             use = p and not s.prompt_logprobs and len(s.prompt_ids) > p and tuple(s.prompt_ids[:p]) == self.prefix
             (cached if use else rest).append(s)
+        return cached, rest
+
+    def _prefill(self, lane: _Lane, seqs: list[Sequence]) -> None:
+        cached, rest = self._split_prefix(seqs)
         if cached:
             self._prefill_group(lane, cached, self._prefix_kv(lane))
         if rest:
@@ -326,6 +345,16 @@ class BatchScheduler:
         """Prefill `seqs` together (left-padded) and join them to the lane. With `prefix_kv`, every prompt starts with
         the shared prefix: only the rest is computed, attending to the prefix's cached keys/values (rows then look
         like [prefix][padding][rest of the prompt], the padding masked)."""
+        ids, full_mask, positions, cache = self._prefill_inputs(seqs, prefix_kv)
+        want_prompt = any(s.prompt_logprobs for s in seqs)
+        logits = self._forward(lane, ids, full_mask, positions, cache, all_positions=want_prompt)
+        if want_prompt:
+            self._emit_prompt_logprobs(seqs, ids, logits, ids.shape[1])
+        self._join_prefilled(lane, seqs, cache, full_mask, logits[:, -1, :])
+
+    def _prefill_inputs(self, seqs: list[Sequence], prefix_kv) -> tuple:
+        """(ids, mask, positions, cache) of a prefill group: prompts left-padded, after the shared prefix's cached
+        keys/values when `prefix_kv` is given."""
         import torch
         from transformers import DynamicCache
 
@@ -346,16 +375,16 @@ class BatchScheduler:
             full_mask = torch.cat([torch.ones((rows, skip), dtype=torch.long), mask], dim=1)
         else:
             cache, full_mask = DynamicCache(), mask
-        want_prompt = any(s.prompt_logprobs for s in seqs)
-        logits = self._forward(lane, ids, full_mask, positions, cache, all_positions=want_prompt)
-        if want_prompt:
-            self._emit_prompt_logprobs(seqs, ids, logits, width)
-        for layer in cache.layers:  # the join/trim below edits these tensors directly
+        return ids, full_mask, positions, cache
+
+    def _join_prefilled(self, lane: _Lane, seqs: list[Sequence], cache, mask, last_logits) -> None:
+        """Join a prefilled group to its lane and emit each new row's first token (from `last_logits`, the prefill's
+        last position)."""
+        for layer in cache.layers:  # the join/trim edits these tensors directly
             if type(layer).__name__ != "DynamicLayer":
                 raise RuntimeError(f"cache layer {type(layer).__name__} is not supported by the batching engine")
-        self._join(lane, seqs, cache, full_mask, full_mask.sum(-1))
-        # first token of each new row, from the prefill's last position
-        first = self._sample(seqs, logits[:, -1, :])
+        self._join(lane, seqs, cache, mask, mask.sum(-1))
+        first = self._sample(seqs, last_logits)
         self._append(lane, first, start=len(lane.rows) - len(seqs))
 
     def _forward(self, lane: _Lane, ids, mask, positions, cache, all_positions: bool = False):
@@ -384,6 +413,17 @@ class BatchScheduler:
         flat = hidden.reshape(rows * t, width).contiguous()
         logits = self.lean.logits(flat) if self.lean is not None else self.head(flat).float()
         return logits.reshape(rows, t, -1)
+
+    def _forward_mixed(self, lane: _Lane, step: tuple, prefill: tuple):
+        """A decoding step and a prefill group of the same lane in one pass (LeanDecoder.mixed), each part's inputs
+        as `_forward` takes them: (the step's logits [rows, vocab], the prefill's last-position logits)."""
+        import torch
+
+        parts = [tuple(t.to(self.device) for t in part[:3]) + (part[3],) for part in (step, prefill)]
+        hidden_step, hidden_prefill = self.lean.mixed(parts, subtract=lane.name == BASE)
+        rows = hidden_step.shape[0]
+        logits = self.lean.logits(torch.cat([hidden_step[:, -1], hidden_prefill[:, -1]]).contiguous())
+        return logits[:rows], logits[rows:]
 
     def _emit_prompt_logprobs(self, seqs, ids, logits, width) -> None:
         import torch
@@ -444,14 +484,22 @@ class BatchScheduler:
         import torch
 
         started = time.perf_counter()
+        pending, lane.pending = lane.pending, []
         lane.mask = torch.cat([lane.mask, torch.ones((len(lane.rows), 1), dtype=torch.long)], dim=1)
         if self.slots:
             lane.cache.reserve(1)
-        logits = self._forward(lane, lane.last[:, None], lane.mask, lane.lengths[:, None], lane.cache)
+        step = (lane.last[:, None], lane.mask, lane.lengths[:, None], lane.cache)
+        if pending:  # the arrivals' prefill in the same pass (_admit): their keys/values in a cache of their own
+            prefill = self._prefill_inputs(pending, self._prefix_kv(lane))
+            logits, first_logits = self._forward_mixed(lane, step, prefill)
+        else:
+            logits = self._forward(lane, *step)[:, -1, :]
         lane.lengths = lane.lengths + 1
-        tokens = self._sample(lane.rows, logits[:, -1, :])
+        tokens = self._sample(lane.rows, logits)
         rows = len(lane.rows)
         self._append(lane, tokens, start=0)
+        if pending:  # joined after the step's finished rows left, as a separate prefill would have been
+            self._join_prefilled(lane, pending, prefill[3], prefill[1], first_logits)
         if self.on_step is not None:
             self.on_step({"lane": lane.name, "rows": rows, "seconds": time.perf_counter() - started})
 

@@ -68,7 +68,7 @@ def _module(lean):
                        down=self.down[i], qkv_bias=None if self.qkv_bias is None else self.qkv_bias[i])
                 for i in range(len(self.qkv))
             ]  # fmt: skip
-            x = lean._layers(x, layers, rows, 1, cos, sin, attn_mask, update, _plain_linear, False)
+            x = lean._layers(x, layers, [(rows, 1, cos, sin, attn_mask, update)], _plain_linear, False)
             hidden = lean._norm(x, self.final_norm)
             return F.linear(hidden, self.head).float(), keys, values
 
