@@ -7,6 +7,11 @@ the same DynamicCache contents, decoder + head on the last position as the engin
 drift hits both alike.
 
     .venv/bin/python bench/serve_decode_cost.py [RUN] [--rounds 3] [--steps 20] [--compile | --frozen]
+    .venv/bin/python bench/serve_decode_cost.py [RUN] --products
+
+`--products` measures only the lean decoder's matrix products (all layers' q/k/v, o, gate/up and down, packed
+weights, bf16 or the run's dtype) at 1 to 256 rows: ms per pass over all layers and GFLOP/s, the cost a decoding step
+and a prefill share when they run in one pass (LeanDecoder.mixed).
 
 `--frozen` adds `serve --compile`'s decoding step (serve/compiled_step.py: compiled with the weights frozen as
 constants; its compilation time is reported). `--compile` adds the lean decoding step under
@@ -40,6 +45,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20, help="timed decoding steps per batch size and round")
     ap.add_argument("--compile", action="store_true", help="also the lean decoding step under torch.compile")
     ap.add_argument("--frozen", action="store_true", help="also `serve --compile`'s step (compiled_step.py)")
+    ap.add_argument("--products", action="store_true", help="only the layers' matrix products, by rows")
     args = ap.parse_args()
     if args.compile and args.frozen:
         ap.error("--compile and --frozen are measured in separate runs (--frozen sets inductor's freezing globally)")
@@ -51,6 +57,8 @@ def main() -> None:
     lean = LeanDecoder(model)
     print(f"{model.config.model_type}, {next(model.parameters()).dtype}, attention {model.config._attn_implementation}")
     print(f"lean decoder's attention probe: {lean.attention} ({lean.attention_probe_us})")
+    if args.products:
+        return products_by_rows(lean, args.rounds, cpu_summary(), write_json_atomic)
 
     def hf(ids, mask, pos, cache):
         return decoder(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, past_key_values=cache
@@ -166,6 +174,37 @@ def main() -> None:
     write_json_atomic(out, {"rounds": args.rounds, "steps": args.steps, "median": table, "all": results,
                             "first_compiled_call_s": compile_s, "attention_probe": lean.attention,
                             "attention_probe_us": lean.attention_probe_us, "cpu": cpu_summary()})  # fmt: skip
+    print(f"wrote {out}")
+
+
+def products_by_rows(lean, rounds: int, cpu: dict, write_json) -> None:
+    """All layers' products (as the lean decoder calls them) on [rows, in] inputs: best of `rounds` x 5 passes.
+    Every layer's weights are used once per pass, so they come from memory as in a real step, not from cache."""
+    import torch
+
+    dtype = lean.layers[0].qkv.dtype
+    weights = [w for L in lean.layers for w in (L.qkv, L.o, L.gu, L.down)]
+    table = {}
+    for rows in (1, 16, 32, 64, 128, 256):
+        g = torch.Generator().manual_seed(rows)
+        xs = {n: torch.randn(rows, n, generator=g).to(dtype) for n in {w.shape[1] for w in weights}}
+
+        def one_pass(xs=xs):
+            for w in weights:
+                lean._linear(xs[w.shape[1]], w)
+
+        one_pass()  # first calls pay one-off set-up
+        best = float("inf")
+        for _ in range(rounds):
+            t = time.perf_counter()
+            for _ in range(5):
+                one_pass()
+            best = min(best, (time.perf_counter() - t) / 5)
+        flops = sum(2 * rows * w.numel() for w in weights)
+        table[rows] = {"ms": best * 1000, "gflop_s": flops / best / 1e9}
+        print(f"{rows:4} rows: {best * 1000:6.2f} ms per pass over all layers, {flops / best / 1e9:5.0f} GFLOP/s")
+    out = Path("bench/results/serve_product_rows.json")
+    write_json(out, {"dtype": str(dtype), "rounds": rounds, "by_rows": table, "cpu": cpu})
     print(f"wrote {out}")
 
 

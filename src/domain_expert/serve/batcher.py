@@ -298,13 +298,11 @@ class BatchScheduler:
         self.waiting = kept
         for name, seqs in by_lane.items():
             lane = self.lanes[name]
-            mixable, alone = self._split_prefix(seqs)
             if lane.rows and self.mix_prefill and self.slots:
-                lane.pending = mixable  # decoded next in this pass of the loop (_decode), with the lane's rows
-            else:
-                alone = seqs
-            if alone:
-                self._prefill(lane, alone)
+                # prefix-cached prompts go with the lane's decoding step, next in this pass of the loop (_decode)
+                lane.pending, seqs = self._split_prefix(seqs)
+            if seqs:
+                self._prefill(lane, seqs)
 
     def _cancelled_early(self, seq: Sequence) -> bool:
         if seq.cancel.is_set():
@@ -492,6 +490,7 @@ class BatchScheduler:
         if pending:  # the arrivals' prefill in the same pass (_admit): their keys/values in a cache of their own
             prefill = self._prefill_inputs(pending, self._prefix_kv(lane))
             logits, first_logits = self._forward_mixed(lane, step, prefill)
+            _, prefill_mask, _, prefill_cache = prefill
         else:
             logits = self._forward(lane, *step)[:, -1, :]
         lane.lengths = lane.lengths + 1
@@ -499,7 +498,7 @@ class BatchScheduler:
         rows = len(lane.rows)
         self._append(lane, tokens, start=0)
         if pending:  # joined after the step's finished rows left, as a separate prefill would have been
-            self._join_prefilled(lane, pending, prefill[3], prefill[1], first_logits)
+            self._join_prefilled(lane, pending, prefill_cache, prefill_mask, first_logits)
         if self.on_step is not None:
             self.on_step({"lane": lane.name, "rows": rows, "seconds": time.perf_counter() - started})
 

@@ -289,8 +289,8 @@ class LeanDecoder:
         (e.g. a lane's decoding step and a prefill of its arrivals); returns each one's hidden states.
 
         Why: the matrix products run once over all parts' tokens (concatenated), attention per part. On CPU a
-        product's cost grows far less than its rows (SmolLM2's 30 layers: 5.4 ms at 1 row, 9.0 at 16, 21.6 at 64, 23
-        at 70 on a Zen EPYC, bench/serve_decode_cost.py), and each separate pass pays the per-operation overhead of
+        product's cost grows far less than its rows (SmolLM2's 30 layers: 5.1 ms at 1 row, 8.4 at 16, 20.6 at 64 on a
+        Zen EPYC, bench/serve_decode_cost.py --products), and each separate pass pays the per-operation overhead of
         the norms, rotary and attention again."""
         import torch
 
