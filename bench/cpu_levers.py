@@ -24,7 +24,8 @@ def _setup(run_dir: Path):
     from domain_expert.batching import encode_records, length_grouped_batches
     from domain_expert.config import load_config
     from domain_expert.data.records import read_records
-    from domain_expert.models import load_tokenizer, resolve_model
+    from domain_expert.models.reference import resolve_model
+    from domain_expert.models.tokenizer import load_tokenizer
     from domain_expert.prompts import PromptFormat
 
     cfg = load_config(run_dir / "finetune" / "config.yaml")
@@ -42,12 +43,12 @@ def train_tokens_per_s(run_dir: Path, *, dropout: float, attn: str, max_tokens: 
 
     from domain_expert.batching import collate, split_by_tokens
     from domain_expert.losses import causal_lm_loss
-    from domain_expert.models import load_causal_lm
+    from domain_expert.models.loader import load_model
     from domain_expert.provenance import peak_rss_mib
 
     cfg, path, tok, exs, batches = _setup(run_dir)
     lengths = [len(e.ids) for e in exs]
-    model = load_causal_lm(path, dtype=torch.bfloat16, attn=attn)
+    model = load_model(path, dtype=torch.bfloat16, attn=attn)
     lcfg = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=dropout,
                       target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM")  # fmt: skip
     model = get_peft_model(model, lcfg)
@@ -71,7 +72,8 @@ def train_tokens_per_s(run_dir: Path, *, dropout: float, attn: str, max_tokens: 
 
 def decode_tokens_per_s(run_dir: Path) -> dict:
     from domain_expert.data.records import read_records
-    from domain_expert.generate import generate_detailed, load_for_inference
+    from domain_expert.generate import generate_detailed
+    from domain_expert.models.loader import load_for_inference
 
     lm = load_for_inference(run_dir)
     prompts = [r.prompt for r in read_records(run_dir / "data" / "test.jsonl") if r.task == "define"][:16]

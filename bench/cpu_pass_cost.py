@@ -14,7 +14,8 @@ from peft import LoraConfig, get_peft_model
 
 from domain_expert.adapter_precision import MasterWeights
 from domain_expert.config import load_config
-from domain_expert.models import load_causal_lm, resolve_model
+from domain_expert.models.loader import load_model
+from domain_expert.models.reference import resolve_model
 
 
 def rate(a, b, n=10):
@@ -35,7 +36,7 @@ for t, i, o in [(1024, 576, 576), (1024, 576, 1536), (1024, 1536, 576), (4096, 4
     print(f"matmul {t}x{i} @ {i}x{o}: bf16 {row[0]:.0f} GFLOP/s, fp32 {row[1]:.0f} GFLOP/s ({row[0] / row[1]:.1f}x)")
 
 cfg = load_config("medical-terms")
-model = load_causal_lm(resolve_model(cfg.model, progress=False).path, dtype=torch.bfloat16, device="cpu", attn="eager")
+model = load_model(resolve_model(cfg.model, progress=False).path, dtype=torch.bfloat16, device="cpu", attn="eager")
 lc = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=0.0,
                 target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM")  # fmt: skip
 model = get_peft_model(model, lc)

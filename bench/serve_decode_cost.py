@@ -35,8 +35,8 @@ def main() -> None:
     from transformers import DynamicCache
 
     from domain_expert.fsutil import write_json_atomic
-    from domain_expert.generate import load_for_inference
     from domain_expert.hardware import cpu_summary
+    from domain_expert.models.loader import load_for_inference
     from domain_expert.serve.lean_decoder import LeanDecoder
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

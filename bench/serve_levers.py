@@ -18,7 +18,7 @@ def main(run: str = "runs/medical-terms") -> int:
     import torch
     from transformers import DynamicCache
 
-    from domain_expert.generate import load_for_inference
+    from domain_expert.models.loader import load_for_inference
 
     lm = load_for_inference(run)
     model = lm.model.merge_and_unload() if lm.has_adapter else lm.model

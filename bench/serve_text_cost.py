@@ -23,7 +23,8 @@ def _per_call_ms(fn, repeat: int) -> float:
 
 def main() -> None:
     from domain_expert.config import load_config
-    from domain_expert.models import load_tokenizer, resolve_model
+    from domain_expert.models.reference import resolve_model
+    from domain_expert.models.tokenizer import load_tokenizer
     from domain_expert.prompts import from_config
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -24,8 +24,8 @@ from pathlib import Path
 
 def main() -> None:
     from domain_expert.fsutil import write_json_atomic
-    from domain_expert.generate import load_for_inference
     from domain_expert.hardware import cpu_summary
+    from domain_expert.models.loader import load_for_inference
     from domain_expert.serve.engine import GenerationRequest, TransformersEngine
 
     sys.path.insert(0, str(Path(__file__).parent))

@@ -19,7 +19,9 @@ from domain_expert.adapter_precision import MasterWeights
 from domain_expert.batching import collate, encode_records, length_grouped_batches, split_by_tokens
 from domain_expert.config import load_config
 from domain_expert.data.records import read_records
-from domain_expert.models import load_causal_lm, load_tokenizer, resolve_model
+from domain_expert.models.loader import load_model
+from domain_expert.models.reference import resolve_model
+from domain_expert.models.tokenizer import load_tokenizer
 from domain_expert.prompts import from_config
 
 cfg = load_config("medical-terms")
@@ -28,7 +30,7 @@ tok = load_tokenizer(r.path)
 fmt = from_config(cfg.prompt.style, cfg.prompt.system)
 train, _ = encode_records(read_records("runs/medical-terms/data/train.jsonl"), fmt, tok, 256)
 lengths = [len(e.ids) for e in train]
-model = load_causal_lm(r.path, dtype=torch.bfloat16, device="cpu", attn="eager")
+model = load_model(r.path, dtype=torch.bfloat16, device="cpu", attn="eager")
 lc = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=0.0,
                 target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM")  # fmt: skip
 model = get_peft_model(model, lc)

@@ -43,7 +43,9 @@ def main() -> None:
     )
     from domain_expert.config import load_config
     from domain_expert.data.records import read_records
-    from domain_expert.models import load_causal_lm, load_tokenizer, resolve_model
+    from domain_expert.models.loader import load_model
+    from domain_expert.models.reference import resolve_model
+    from domain_expert.models.tokenizer import load_tokenizer
     from domain_expert.prompts import from_config
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -96,7 +98,7 @@ def main() -> None:
     results: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(args.rounds):
         for name, (bf16_adapters, shared, data, fused) in variants.items():
-            model = load_causal_lm(r.path, dtype=torch.bfloat16, device="cpu", attn="eager")
+            model = load_model(r.path, dtype=torch.bfloat16, device="cpu", attn="eager")
             lc = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=0.0,
                             target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM")  # fmt: skip
             model = get_peft_model(model, lc)

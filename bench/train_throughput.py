@@ -39,7 +39,8 @@ NAIVE, BASE = "naive Trainer fp32", "base (no adapter)"
 def _examples(cfg, data_dir: Path, split: str):
     from domain_expert.batching import encode_records
     from domain_expert.data.records import read_records
-    from domain_expert.models import load_tokenizer, resolve_model
+    from domain_expert.models.reference import resolve_model
+    from domain_expert.models.tokenizer import load_tokenizer
     from domain_expert.prompts import from_config
 
     tok = load_tokenizer(resolve_model(cfg.model, progress=False).path)
@@ -63,7 +64,7 @@ def naive_trainer(config: str, overrides: list[str], data_dir: str, out_dir: str
 
     from domain_expert.batching import IGNORE
     from domain_expert.config import load_config
-    from domain_expert.models import resolve_model
+    from domain_expert.models.reference import resolve_model
     from domain_expert.provenance import peak_rss_mib
 
     cfg = load_config(config, overrides)
@@ -162,7 +163,8 @@ def val_losses(config: str, overrides: list[str], data_dir: Path, adapters: dict
     from domain_expert.batching import collate
     from domain_expert.config import load_config
     from domain_expert.losses import causal_lm_loss
-    from domain_expert.models import load_causal_lm, resolve_model
+    from domain_expert.models.loader import load_model
+    from domain_expert.models.reference import resolve_model
 
     hf_logging.disable_progress_bar()
     cfg = load_config(config, overrides)
@@ -172,7 +174,7 @@ def val_losses(config: str, overrides: list[str], data_dir: Path, adapters: dict
     path = resolve_model(cfg.model, progress=False).path
     out = {}
     for name, adapter in adapters.items():
-        model = load_causal_lm(path, dtype=torch.float32, attn="eager")
+        model = load_model(path, dtype=torch.float32, attn="eager")
         if len(tok) > model.get_input_embeddings().weight.shape[0]:
             model.resize_token_embeddings(len(tok))
         if adapter is not None:

@@ -185,7 +185,7 @@ def texts(locator) -> list[str]:
 def test_chat_page_real_engine_key_stream_and_compare(browser, tiny_tuned):
     from playwright.sync_api import expect
 
-    from domain_expert.generate import load_for_inference
+    from domain_expert.models.loader import load_for_inference
     from domain_expert.serve import model_name
     from domain_expert.serve.engine import TransformersEngine
 

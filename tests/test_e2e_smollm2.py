@@ -63,7 +63,7 @@ def test_run_on_real_smollm2(tmp_path, capsys):
     import openai
     from fastapi.testclient import TestClient
 
-    from domain_expert.generate import load_for_inference
+    from domain_expert.models.loader import load_for_inference
     from domain_expert.serve import create_app, model_name
     from domain_expert.serve.engine import TransformersEngine
 

@@ -19,7 +19,7 @@ from domain_expert.batching import (
 )
 from domain_expert.data.records import Record
 from domain_expert.losses import causal_lm_loss, packed_loss
-from domain_expert.models import load_tokenizer
+from domain_expert.models.tokenizer import load_tokenizer
 from domain_expert.prompts import PromptFormat
 
 

@@ -127,7 +127,7 @@ def test_finetune_learns_a_tiny_dataset(tiny_model_dir, tmp_path):
     from domain_expert.batching import collate, encode_records
     from domain_expert.data.records import read_records
     from domain_expert.losses import causal_lm_loss
-    from domain_expert.models import load_tokenizer
+    from domain_expert.models.tokenizer import load_tokenizer
     from domain_expert.prompts import PromptFormat
 
     run_dir = tmp_path / "learn"

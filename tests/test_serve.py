@@ -300,7 +300,8 @@ def test_official_openai_client():
 
 
 def test_transformers_engine_tuned_base_and_stream(tiny_tuned):
-    from domain_expert.generate import generate_detailed, load_for_inference
+    from domain_expert.generate import generate_detailed
+    from domain_expert.models.loader import load_for_inference
     from domain_expert.serve import model_name
     from domain_expert.serve.engine import TransformersEngine
 
@@ -362,7 +363,7 @@ def test_transformers_engine_tuned_base_and_stream(tiny_tuned):
 
 
 def test_engine_stream_cancel_frees_the_slot_and_queue_limit(tiny_tuned):
-    from domain_expert.generate import load_for_inference
+    from domain_expert.models.loader import load_for_inference
     from domain_expert.serve.engine import GenerationRequest, QueueFullError, TransformersEngine
 
     lm = load_for_inference(tiny_tuned, device="cpu", dtype="fp32")

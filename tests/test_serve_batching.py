@@ -23,7 +23,7 @@ def _perturbed_lm(tiny_tuned):
     """The tiny run's adapter barely moved in 2 steps; make its delta large so tuned and base clearly differ."""
     import torch
 
-    from domain_expert.generate import load_for_inference
+    from domain_expert.models.loader import load_for_inference
 
     lm = load_for_inference(tiny_tuned, device="cpu", dtype="fp32")
     g = torch.Generator().manual_seed(0)

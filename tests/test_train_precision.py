@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from domain_expert import losses
+from domain_expert import likelihood
 from domain_expert.adapter_precision import MasterWeights
 from domain_expert.batching import IGNORE, collate, encode_records
 from domain_expert.data.records import Record
-from domain_expert.losses import causal_lm_loss, sequence_nll, shared_prefix_len
-from domain_expert.models import load_tokenizer
+from domain_expert.likelihood import causal_lm_loss, sequence_nll, shared_prefix_len
+from domain_expert.models.tokenizer import load_tokenizer
 from domain_expert.prompts import PromptFormat
 
 
@@ -43,7 +43,7 @@ def _batch(tok, n=4, system="You are a careful assistant for medical terms."):
 def test_shared_prefix_len_is_the_common_unlabelled_unpadded_start(tok):
     ids, mask, labels = _batch(tok)
     p = shared_prefix_len(ids, mask, labels)
-    assert p >= losses.MIN_SHARED_PREFIX
+    assert p >= likelihood.MIN_SHARED_PREFIX
     assert (ids[:, :p] == ids[:1, :p]).all() and (labels[:, : p + 1] == IGNORE).all()
     assert not (ids[:, p] == ids[0, p]).all() or (labels[:, p + 1] != IGNORE).any()  # the longest such prefix
     assert shared_prefix_len(ids[:1], mask[:1], labels[:1]) == 0  # one row: nothing to share
@@ -62,7 +62,7 @@ def test_shared_prefix_gives_the_same_loss_and_gradients(tiny_model_dir, tok, mo
     def run(share: bool):
         model = _lora(tiny_model_dir)
         if not share:
-            monkeypatch.setattr(losses, "MIN_SHARED_PREFIX", 10**6)
+            monkeypatch.setattr(likelihood, "MIN_SHARED_PREFIX", 10**6)
         s, n = causal_lm_loss(model, ids, mask, labels, reduction="sum")
         s.backward()
         monkeypatch.undo()
@@ -80,7 +80,7 @@ def test_shared_prefix_gives_the_same_loss_and_gradients(tiny_model_dir, tok, mo
 
     with torch.no_grad():
         shared = sequence_nll(model, ids, mask, labels)
-        monkeypatch.setattr(losses, "MIN_SHARED_PREFIX", 10**6)
+        monkeypatch.setattr(likelihood, "MIN_SHARED_PREFIX", 10**6)
         plain = sequence_nll(model, ids, mask, labels)
     assert shared[1] == plain[1]
     assert shared[0] == pytest.approx(plain[0], rel=1e-5)

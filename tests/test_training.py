@@ -9,7 +9,7 @@ from domain_expert.batching import IGNORE, Example, collate, encode_records, len
 from domain_expert.data.records import Record
 from domain_expert.finetune import lr_factor
 from domain_expert.losses import causal_lm_loss
-from domain_expert.models import load_tokenizer
+from domain_expert.models.tokenizer import load_tokenizer
 from domain_expert.prompts import PromptFormat
 
 
@@ -85,7 +85,7 @@ def test_lr_schedule_warmup_cosine_and_time_budget():
 def test_sequence_nll_sums_match_per_sequence_losses(tiny_model_dir, tok):
     from transformers import AutoModelForCausalLM
 
-    from domain_expert.losses import sequence_nll
+    from domain_expert.likelihood import sequence_nll
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
     fmt = PromptFormat("chat", None)

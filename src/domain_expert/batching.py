@@ -7,15 +7,8 @@ import random
 from dataclasses import dataclass
 
 from domain_expert.data.records import Record
+from domain_expert.likelihood import IGNORE, MIN_SHARED_PREFIX, Example, collate  # noqa: F401 (re-exported for training)
 from domain_expert.prompts import PromptFormat
-
-IGNORE = -100
-
-
-@dataclass
-class Example:
-    ids: list[int]
-    start: int  # first answer token: loss is taken on ids[start:] (0 for raw text)
 
 
 def encode_records(records: list[Record], fmt: PromptFormat, tokenizer, max_len: int) -> tuple[list[Example], int]:
@@ -53,22 +46,6 @@ def length_grouped_batches(
     return batches
 
 
-def collate(examples: list[Example], pad_id: int):
-    """Right-padded input ids, attention mask and labels (IGNORE on prompt and padding)."""
-    import torch
-
-    width = max(len(e.ids) for e in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
-    for i, e in enumerate(examples):
-        n = len(e.ids)
-        ids[i, :n] = torch.tensor(e.ids)
-        mask[i, :n] = 1
-        labels[i, e.start : n] = ids[i, e.start : n]
-    return ids, mask, labels
-
-
 # What one more forward/backward pass costs beyond its tokens, in tokens (per-layer calls, the shared-prefix pass):
 # the split below pads a little more rather than run a pass for a few rows. bench/train_levers.py measures it.
 PASS_OVERHEAD_TOKENS = 128
@@ -102,9 +79,6 @@ def split_by_tokens(
         out.append(rows[cut[j] : j])
         j = cut[j]
     return out[::-1]
-
-
-MIN_SHARED_PREFIX = 8  # below this a shared prefix is not worth a special case (losses.py uses the same bound)
 
 
 def common_prefix_len(examples: list[Example]) -> int:

@@ -64,7 +64,8 @@ def cmd_export(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from domain_expert.generate import generate_batch, load_for_inference
+    from domain_expert.generate import generate_batch
+    from domain_expert.models.loader import load_for_inference
 
     lm = load_for_inference(args.run, base=args.base)
     answer = generate_batch(lm, [args.question], base=args.base, max_new_tokens=args.max_new_tokens)[0]
@@ -73,7 +74,8 @@ def cmd_generate(args) -> int:
 
 
 def cmd_chat(args) -> int:
-    from domain_expert.generate import chat_loop, load_for_inference
+    from domain_expert.generate import chat_loop
+    from domain_expert.models.loader import load_for_inference
 
     lm = load_for_inference(args.run, base=args.base)
     chat_loop(lm, base=args.base, max_new_tokens=args.max_new_tokens)

@@ -43,3 +43,7 @@ class FidelityError(DomainExpertError):
 
 class CheckpointError(RunFolderError):
     """A training checkpoint is missing, incomplete, corrupted, or was written with other settings."""
+
+
+class UnsupportedModelError(ModelNotFoundError):
+    """A model's architecture is one that no stage of this project can train or serve."""

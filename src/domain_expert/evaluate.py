@@ -66,9 +66,9 @@ def parse_model(spec: str) -> ModelSpec:
     if not p.exists():
         raise RunFolderError("model to evaluate not found", where=spec,
                              fix="give a run folder, RUN:base, a model folder, or URL#model")  # fmt: skip
-    from domain_expert.runs import stage_info
+    from domain_expert.models.reference import is_tuned_run
 
-    is_run = (p / "finetune" / "stage.json").exists() or (stage_info(p) or {}).get("stage") == "finetune"
+    is_run = is_tuned_run(p)
     return ModelSpec(label or ("tuned" if is_run else p.name), spec, "run" if is_run else "folder", spec)
 
 
@@ -188,16 +188,15 @@ class LocalEngine:
     def _nll_batch(self, pairs, bs):
         import torch
 
-        from domain_expert.batching import Example, collate
-        from domain_expert.generate import _adapter_off
-        from domain_expert.losses import sequence_nll
+        from domain_expert.likelihood import Example, collate, sequence_nll
+        from domain_expert.models.loader import adapter_off
 
         out = []
         device = next(self.lm.model.parameters()).device
         for i in range(0, len(pairs), bs):
             exs = [Example(c + x, len(c)) for c, x in pairs[i : i + bs]]
             ids, mask, labels = (t.to(device) for t in collate(exs, self.lm.tokenizer.pad_token_id))
-            with torch.no_grad(), _adapter_off(self.lm, self.base):
+            with torch.no_grad(), adapter_off(self.lm, self.base):
                 sums, counts = sequence_nll(self.lm.model, ids, mask, labels)
             out += list(zip(sums, counts, strict=True))
         return out
@@ -350,7 +349,7 @@ def _drop_torn_tail(path: Path) -> None:
 def _engine(spec: ModelSpec, cfg: EvalConfig, cache: dict):
     if spec.kind == "endpoint":
         return EndpointEngine(spec, cfg, system=None)
-    from domain_expert.generate import load_for_inference
+    from domain_expert.models.loader import adapter_merged, load_for_inference
 
     key = str(Path(spec.path).resolve())
     if key not in cache:  # RUN and RUN:base share one loaded model: the base is the adapter switched off
@@ -361,7 +360,7 @@ def _engine(spec: ModelSpec, cfg: EvalConfig, cache: dict):
         # Unmerged LoRA slows decoding on CPU (merged is 1.6x faster, batch 16, bench/cpu_levers.py): the tuned model is
         # scored with its adapter merged into the weights in the inference dtype, i.e. the model `export` ships.
         # The base must see unmerged weights; the default order (base first) never needs to unmerge.
-        merged = any(getattr(m, "merged", False) for m in lm.model.modules() if hasattr(m, "merged_adapters"))
+        merged = adapter_merged(lm.model)
         if base and merged:
             lm.model.unmerge_adapter()
         elif not base and not merged:

@@ -21,11 +21,10 @@ def run(
     finetune_path: str | Path, out_dir: str | Path | None = None, *, dtype: str | None = None, overwrite: bool = False
 ) -> Path:
     import torch
-    from peft import PeftModel
 
     from domain_expert.data.records import read_records
-    from domain_expert.models import load_causal_lm, load_tokenizer
-    from domain_expert.prompts import PromptFormat
+    from domain_expert.models.kinds import auto_class
+    from domain_expert.models.loader import load_for_inference
 
     ft_dir = find_stage(finetune_path, "finetune")
     stage = read_json(ft_dir / "stage.json")
@@ -33,20 +32,16 @@ def run(
     dtype = dtype or cfg.export.dtype
     tolerance = cfg.export.fidelity_tolerance or DEFAULT_TOLERANCE[dtype]
     out_dir = Path(out_dir) if out_dir else ft_dir.parent / "export"
-    fmt = PromptFormat.load(ft_dir)
-    tokenizer = load_tokenizer(str(ft_dir))
     prompts = _fidelity_prompts(stage, cfg.export.fidelity_prompts, read_records)
-    batch = [fmt.encode_prompt(tokenizer, p) for p in prompts]
 
     t0 = time.time()
     print(f"[domain-expert] export: merging adapter into {stage['base_model']['reference']} ({dtype})", flush=True)
-    base = load_causal_lm(stage["base_model"]["path"], dtype=torch.float32)
-    if len(tokenizer) > base.get_input_embeddings().weight.shape[0]:
-        base.resize_token_embeddings(len(tokenizer))
-    peft_model = PeftModel.from_pretrained(base, str(ft_dir))
-    peft_model.eval()
+    lm = load_for_inference(ft_dir, adapter="unmerged", device="cpu", dtype="fp32")
+    peft_model, tokenizer, fmt = lm.model, lm.tokenizer, lm.fmt
+    batch = [fmt.encode_prompt(tokenizer, p) for p in prompts]
     reference = _logits(peft_model, batch, tokenizer.pad_token_id)
     merged = peft_model.merge_and_unload()
+    lm_kind = lm.kind
     # Two checks: the merge itself (fp32, must be exact up to summation order) catches merge bugs; the written
     # folder in the export dtype shows what rounding costs and proves it loads in plain transformers.
     merge_diff = _max_diff(reference, _logits(merged, batch, tokenizer.pad_token_id))
@@ -70,11 +65,10 @@ def run(
         merged.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         fmt.save(tmp)
-        del merged, peft_model, base
-        # Load what we wrote exactly as a user would: plain transformers, no project code, no adapter.
-        from transformers import AutoModelForCausalLM
-
-        reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32)
+        del merged, peft_model, lm
+        # Load what we wrote exactly as a user would: plain transformers (the Auto class of its kind), no project
+        # code, no adapter.
+        reloaded = auto_class(lm_kind).from_pretrained(tmp, dtype=torch.float32)
         exported = _logits(reloaded, batch, tokenizer.pad_token_id)
         diff = _max_diff(reference, exported)
         same = sum(int((a.argmax(-1) == b.argmax(-1)).sum()) for a, b in zip(reference, exported, strict=True))

@@ -78,11 +78,16 @@ def _run(cfg: RunConfig, data_dir: Path, out_dir: Path, *, overwrite: bool, resu
     from domain_expert.data.records import read_records
     from domain_expert.hardware import dtype_name, resolve_device, resolve_dtype
     from domain_expert.losses import causal_lm_loss, packed_loss
-    from domain_expert.models import load_causal_lm, load_tokenizer, resolve_model
+    from domain_expert.models.kinds import CAUSAL, model_kind, require_kind
+    from domain_expert.models.loader import load_model
+    from domain_expert.models.reference import resolve_model
+    from domain_expert.models.tokenizer import load_tokenizer
     from domain_expert.prompts import from_config
 
     # a bad model reference is the likelier mistake: say it first (rank 0 first: it may fill the model cache)
     resolved = distributed.main_first(d, lambda: resolve_model(cfg.model, progress=d.main))
+    kind = model_kind(resolved.path)
+    require_kind(kind, (CAUSAL,), "fine-tuning", where=f"model={cfg.model}")
     data_manifest = check_prepared(data_dir)
     t_cfg = cfg.train
     device = resolve_device(t_cfg.device)  # the kind ("cuda"); d.device is this rank's own ("cuda:1")
@@ -124,7 +129,9 @@ def _run(cfg: RunConfig, data_dir: Path, out_dir: Path, *, overwrite: bool, resu
     attn = t_cfg.attn_implementation
     if attn == "auto":
         attn = "eager" if device == "cpu" else "sdpa"
-    model = load_causal_lm(resolved.path, dtype=dtype, device=d.device, quantization=t_cfg.quantization, attn=attn)
+    model = load_model(
+        resolved.path, dtype=dtype, device=d.device, quantization=t_cfg.quantization, attn=attn, kind=kind
+    )
     model = _add_lora(model, cfg, tokenizer)
     if t_cfg.fuse_lora:
         fused_lora.fuse(model)  # this model only trains and saves its adapter: no need to undo

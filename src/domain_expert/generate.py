@@ -4,86 +4,8 @@ base with `--base`, in exactly the prompt format the model was trained with (rea
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
-from pathlib import Path
 
-from domain_expert.errors import RunFolderError
-from domain_expert.fsutil import read_json
-from domain_expert.prompts import PromptFormat
-from domain_expert.runs import stage_info
-
-
-@dataclass
-class LoadedModel:
-    model: object
-    tokenizer: object
-    fmt: PromptFormat
-    label: str
-    has_adapter: bool  # True when the base can be reached by disabling the adapter (no second copy in memory)
-
-
-def load_for_inference(
-    path: str | Path, *, base: bool = False, device: str = "auto", dtype: str = "auto"
-) -> LoadedModel:
-    """`path`: a run folder, its finetune/ folder (base + adapter), its export/ folder, or any plain HF folder."""
-    from domain_expert.hardware import resolve_device, resolve_dtype
-    from domain_expert.models import load_causal_lm, load_tokenizer
-
-    path = Path(path)
-    if not path.exists():
-        raise RunFolderError(
-            "run or model folder not found",
-            where=str(path),
-            fix="pass runs/<name> (made by `domain-expert run`) or a model folder",
-        )
-    dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
-    ft = path / "finetune" if (path / "finetune" / "stage.json").exists() else path
-    info = stage_info(ft)
-    if info and info.get("stage") == "finetune":
-        from peft import PeftModel
-
-        tok = load_tokenizer(str(ft))
-        fmt = PromptFormat.load(ft)
-        model = load_causal_lm(info["base_model"]["path"], dtype=dt, device=dev)
-        if len(tok) > model.get_input_embeddings().weight.shape[0]:
-            model.resize_token_embeddings(len(tok))
-        model = PeftModel.from_pretrained(model, str(ft)).to(dev)
-        model.eval()
-        name = info["base_model"]["reference"]
-        return LoadedModel(model, tok, fmt, f"{name} (base)" if base else f"{name} + LoRA", True)
-    if base:
-        exp = read_json(path / "stage.json") if (path / "stage.json").exists() else {}
-        if exp.get("stage") == "export":
-            return load_for_inference(exp["finetune_dir"], base=True, device=device, dtype=dtype)
-        raise RunFolderError(
-            "--base needs a run or finetune folder (to know the base model)",
-            where=str(path),
-            fix="pass the run folder instead of a plain model folder",
-        )
-    if not (path / "config.json").exists():
-        raise RunFolderError(
-            "not a run, finetune or model folder",
-            where=str(path),
-            fix="pass runs/<name>, runs/<name>/finetune or runs/<name>/export",
-        )
-    tok = load_tokenizer(str(path))
-    fmt = (
-        PromptFormat.load(path)
-        if (path / "prompt_format.json").exists()
-        else PromptFormat("chat" if getattr(tok, "chat_template", None) else "plain")
-    )
-    model = load_causal_lm(str(path), dtype=dt, device=dev)
-    model.eval()
-    return LoadedModel(model, tok, fmt, str(path), False)
-
-
-def _adapter_off(lm: LoadedModel, base: bool):
-    import contextlib
-
-    if base and lm.has_adapter:
-        return lm.model.disable_adapter()
-    return contextlib.nullcontext()
+from domain_expert.models.loader import LoadedModel, adapter_off
 
 
 def generate_detailed(
@@ -112,7 +34,7 @@ def generate_detailed(
         for i, e in enumerate(encoded):
             ids[i, width - len(e) :] = torch.tensor(e)
             mask[i, width - len(e) :] = 1
-        with torch.no_grad(), _adapter_off(lm, base):
+        with torch.no_grad(), adapter_off(lm, base):
             gen = lm.model.generate(
                 input_ids=ids.to(device),
                 attention_mask=mask.to(device),
@@ -161,7 +83,7 @@ def stream_answer(
     )
 
     def work():
-        with torch.no_grad(), _adapter_off(lm, base):
+        with torch.no_grad(), adapter_off(lm, base):
             lm.model.generate(**kwargs)
 
     thread = threading.Thread(target=work, daemon=True)

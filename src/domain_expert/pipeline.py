@@ -19,7 +19,7 @@ def run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False) -> Pat
     from domain_expert import evaluate, export, finetune, report
     from domain_expert.data import prepare
     from domain_expert.distributed import launched_world_size
-    from domain_expert.models import resolve_model
+    from domain_expert.models.reference import resolve_model
     from domain_expert.summary import print_verdicts, side_by_side
 
     run_dir = cfg.run_dir

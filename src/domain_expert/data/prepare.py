@@ -34,7 +34,8 @@ def load_sources(cfg: RunConfig) -> list[SourceResult]:
             from domain_expert.data.documents import load_documents_source
 
             if tokenizer is None:  # chunking is by tokens of the model being tuned
-                from domain_expert.models import load_tokenizer, resolve_model
+                from domain_expert.models.reference import resolve_model
+                from domain_expert.models.tokenizer import load_tokenizer
 
                 tokenizer = load_tokenizer(resolve_model(cfg.model).path)
             res = load_documents_source(src, where, tokenizer)

@@ -50,7 +50,7 @@ def serve(
 
         eng = VLLMEngine.from_run(run_path, served, max_queue=max_queue, max_batch=max_batch)
     else:
-        from domain_expert.generate import load_for_inference
+        from domain_expert.models.loader import load_for_inference
 
         eng = TransformersEngine(  # loaded on the engine's own thread (faster decoding on CPU)
             lambda: load_for_inference(run_path, device=device, dtype=dtype),

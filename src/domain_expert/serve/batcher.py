@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from domain_expert.models import cache_kwarg
+from domain_expert.models.compat import cache_kwarg
 
 log = logging.getLogger(__name__)
 

@@ -212,7 +212,7 @@ class LoopMailbox:
 
 
 class TransformersEngine(ChatEngine):
-    """Serves a LoadedModel (domain_expert.generate.load_for_inference) with continuous batching (serve/batcher.py)."""
+    """Serves a LoadedModel (models.loader.load_for_inference) with continuous batching (serve/batcher.py)."""
 
     def __init__(
         self,

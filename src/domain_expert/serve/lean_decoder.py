@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from domain_expert.fused_lora import fuse_linears, lora_as_one
+from domain_expert.lora_math import fuse_linears, lora_as_one
 
 STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 

@@ -49,21 +49,15 @@ class VLLMEngine(ChatEngine):
                 where="domain-expert serve --engine vllm",
                 fix="on a CUDA machine: pip install vllm (or use the default --engine transformers)",
             ) from None
-        from domain_expert.models import load_tokenizer
-        from domain_expert.prompts import PromptFormat
-        from domain_expert.runs import stage_info
+        from domain_expert.models.reference import resolve_run
+        from domain_expert.models.tokenizer import load_tokenizer
 
-        path = Path(run_path)
-        ft = path / "finetune" if (path / "finetune" / "stage.json").exists() else path
-        info = stage_info(ft) or {}
-        lora = None
-        if info.get("stage") == "finetune":
-            model_path, fmt = info["base_model"]["path"], PromptFormat.load(ft)
-            lora = LoRARequest(name, 1, str(ft.resolve()))
-            tok_path, rank = str(ft), _lora_rank(ft)
-        else:
-            model_path, tok_path, rank = str(path), str(path), None
-            fmt = PromptFormat.load(path) if (path / "prompt_format.json").exists() else PromptFormat("chat")
+        src = resolve_run(run_path)
+        model_path, tok_path = src.weights.path, src.tokenizer_path
+        tokenizer = load_tokenizer(tok_path)
+        fmt = src.prompt_format(tokenizer)
+        lora = LoRARequest(name, 1, str(src.adapter_dir.resolve())) if src.has_adapter else None
+        rank = _lora_rank(src.adapter_dir) if src.has_adapter else None
         args = AsyncEngineArgs(
             model=model_path,
             tokenizer=tok_path,
@@ -73,10 +67,9 @@ class VLLMEngine(ChatEngine):
             trust_remote_code=False,  # never run code shipped with a model
         )
         engine = AsyncLLMEngine.from_engine_args(args)
-        tokenizer = load_tokenizer(tok_path)
-        from transformers import AutoConfig
+        from domain_expert.models.kinds import load_config
 
-        ctx = getattr(AutoConfig.from_pretrained(model_path), "max_position_embeddings", None)
+        ctx = getattr(load_config(model_path), "max_position_embeddings", None)
         return cls(engine, tokenizer, fmt, name, lora, context_length=ctx, max_queue=max_queue, max_batch=max_batch)
 
     def _params(self, request: GenerationRequest):
