@@ -50,7 +50,8 @@ class PromptFormat:
     def encode_example(self, tokenizer, prompt: str, completion: str, max_len: int) -> tuple[list[int], int, bool]:
         """Token ids of prompt+completion+EOS and the index where the answer starts (loss is on the answer only).
 
-        EOS is appended and trained on, so the tuned model learns to stop (a tuned model that never stops is a common complaint when pad == EOS masks that label). Returns truncated=True when
+        EOS is appended and trained on, so the tuned model learns to stop (a tuned model that never stops is a
+        common complaint when pad == EOS masks that label). Returns truncated=True when
         the example was cut to max_len (the answer keeps as many tokens as fit, EOS is then lost).
         """
         p_ids = tokenizer(self.render_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
