@@ -2,8 +2,8 @@
 
 Why our own: transformers 5.24's `generate_batch` (paged attention) works on CPU but gave ~74 tokens/s for 16 prompts
 where a plain static batch gives several times more (~190 tokens/s fp32, measured on a 2-core EPYC), and
-`transformers serve --continuous-batching` builds on it. A static batch, in turn, makes a new request wait for the slowest one in flight.
-So the scheduler here keeps a running batch per *lane* and, between two decoding steps:
+`transformers serve --continuous-batching` builds on it. A static batch, in turn, makes a new request wait for the
+slowest one in flight. So the scheduler here keeps a running batch per *lane* and, between two decoding steps:
 
 - prefills the requests that arrived (together, left-padded, computing logits at the last position only unless
   prompt log-probabilities were asked for) and joins them to their lane's batch by left-padding the shorter of the
