@@ -115,3 +115,13 @@ def adapter_off(lm: LoadedModel, base: bool):
 def adapter_merged(model) -> bool:
     """True when a PeftModel's adapter is currently merged into its weights (merge_adapter)."""
     return any(getattr(m, "merged", False) for m in model.modules() if hasattr(m, "merged_adapters"))
+
+
+def load_encoder(folder: str | Path, *, device: str = "cpu"):
+    """(tokenizer, model) of a local sentence encoder (evaluation's embedding similarity), never from the hub.
+    Raises OSError / ValueError as transformers does: the caller says how to reinstall it."""
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    model = AutoModel.from_pretrained(str(folder), local_files_only=True)
+    return tokenizer, model.to(device).eval()
