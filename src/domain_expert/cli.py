@@ -150,101 +150,124 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"domain-expert {__version__}")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
-    verbs: list[tuple[str, str, Callable]] = [
-        ("run", "the whole pipeline on a config, then base vs tuned side by side", cmd_run),
-        ("prepare", "sources -> train/val/test JSONL + manifest.json", cmd_prepare),
-        ("finetune", "LoRA fine-tuning on prepared data", cmd_finetune),
-        ("export", "merge the adapter into a plain Hugging Face folder with a model card", cmd_export),
-        ("evaluate", "compare base vs tuned (or any models) on held-out items, with statistics", cmd_evaluate),
-        ("report", "write report.html / report.md from a run's files (no model loaded)", cmd_report),
-        ("serve", "OpenAI-compatible server for the tuned model and its base (<name>:base)", cmd_serve),
-        ("generate", "answer one question with the tuned (or --base) model", cmd_generate),
-        ("chat", "chat in the terminal with the tuned (or --base) model", cmd_chat),
-        ("configs", "list the shipped configs", cmd_configs),
-    ]
-    for name, help_, fn in verbs:
+    for name, help_, fn, add_args in VERBS:
         sp = sub.add_parser(name, help=help_, description=help_)
         sp.set_defaults(func=fn)
-        if name in ("run", "prepare", "finetune"):
-            sp.add_argument("config", nargs="*", metavar="CONFIG [key=value ...]", help=CONFIG_HELP)
-            fresh = sp.add_mutually_exclusive_group()
-            fresh.add_argument("--overwrite", action="store_true", help="replace existing output folders")
-            if name in ("run", "finetune"):
-                fresh.add_argument(
-                    "--resume",
-                    action="store_true",
-                    help="continue an interrupted run from its last complete checkpoint (same config and data)",
-                )
-        if name == "prepare":
-            sp.add_argument("--out", type=Path, help="output folder (default: <run>/data)")
-        if name == "finetune":
-            sp.add_argument("--data", type=Path, help="prepared data folder (default: <run>/data)")
-            sp.add_argument("--out", type=Path, help="output folder (default: <run>/finetune)")
-        if name == "export":
-            sp.add_argument("run", type=Path, help="run folder or its finetune/ folder")
-            sp.add_argument("--out", type=Path, help="output folder (default: <run>/export)")
-            sp.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], help="weights dtype (default: config)")
-            sp.add_argument("--overwrite", action="store_true")
-        if name == "evaluate":
-            sp.add_argument("run", type=Path, help="run folder")
-            sp.add_argument("overrides", nargs="*", metavar="key=value", help="evaluate.* settings, e.g. max_items=50")
-            sp.add_argument(
-                "--model",
-                action="append",
-                help="model to compare (repeatable; first is the baseline): RUN, RUN:base, a model folder, "
-                "or URL#name for an OpenAI-compatible endpoint; label=SPEC names it. Default: RUN:base and RUN",
-            )
-            sp.add_argument("--out", type=Path, help="output folder (default: <run>/eval)")
-            sp.add_argument(
-                "--overwrite", action="store_true", help="discard an earlier evaluation instead of resuming"
-            )
-        if name == "report":
-            sp.add_argument("run", type=Path, help="run folder with an eval/ folder")
-            sp.add_argument("--out", type=Path, help="output folder (default: <run>/report)")
-        if name == "serve":
-            sp.add_argument("run", type=Path, help="run folder, its finetune/ or export/ folder, or a model folder")
-            sp.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
-            sp.add_argument("--port", type=_int_at_least(0, 65535), default=8000)
-            sp.add_argument("--api-key", help="require Authorization: Bearer KEY (or set DOMAIN_EXPERT_API_KEY)")
-            sp.add_argument(
-                "--max-queue", type=_int_at_least(0), default=32, help="waiting requests beyond this get HTTP 429"
-            )
-            sp.add_argument(
-                "--max-batch", type=_int_at_least(1), default=32, help="requests generated together (batch rows)"
-            )
-            sp.add_argument(
-                "--decoder",
-                choices=["auto", "lean", "transformers"],
-                default="auto",
-                help="transformers engine's forward pass: lean (fewer operations, Llama-style models; others fall "
-                "back), the transformers model's own, or auto (default: lean on CPU, transformers on GPU)",
-            )
-            sp.add_argument(
-                "--compile",
-                action="store_true",
-                help="compile the lean decoder's decoding step (torch.compile, frozen weights) at start-up: faster "
-                "steps after 2-3 minutes of compiling (2-core CPU), one more copy of the weights (docs/serving.md)",
-            )
-            sp.add_argument(
-                "--cors-origin",
-                action="append",
-                default=[],
-                metavar="ORIGIN",
-                help="allow browser pages from ORIGIN to call the API (repeatable; off by default)",
-            )
-            sp.add_argument(
-                "--engine",
-                choices=["transformers", "vllm"],
-                default="transformers",
-                help="transformers (default, CPU or GPU) or vllm (GPU, needs `pip install vllm`)",
-            )
-        if name in ("generate", "chat"):
-            sp.add_argument("run", type=Path, help="run folder, its finetune/ or export/ folder, or a model folder")
-            if name == "generate":
-                sp.add_argument("question")
-            sp.add_argument("--base", action="store_true", help="ask the untuned base model, same prompt format")
-            sp.add_argument("--max-new-tokens", type=int, default=128 if name == "generate" else 256)
+        add_args(sp)
     return p
+
+
+def _config_args(sp: argparse.ArgumentParser, *, resume: bool) -> None:
+    sp.add_argument("config", nargs="*", metavar="CONFIG [key=value ...]", help=CONFIG_HELP)
+    fresh = sp.add_mutually_exclusive_group()
+    fresh.add_argument("--overwrite", action="store_true", help="replace existing output folders")
+    if resume:
+        fresh.add_argument(
+            "--resume",
+            action="store_true",
+            help="continue an interrupted run from its last complete checkpoint (same config and data)",
+        )
+
+
+def _run_args(sp: argparse.ArgumentParser) -> None:
+    _config_args(sp, resume=True)
+
+
+def _prepare_args(sp: argparse.ArgumentParser) -> None:
+    _config_args(sp, resume=False)
+    sp.add_argument("--out", type=Path, help="output folder (default: <run>/data)")
+
+
+def _finetune_args(sp: argparse.ArgumentParser) -> None:
+    _config_args(sp, resume=True)
+    sp.add_argument("--data", type=Path, help="prepared data folder (default: <run>/data)")
+    sp.add_argument("--out", type=Path, help="output folder (default: <run>/finetune)")
+
+
+def _export_args(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("run", type=Path, help="run folder or its finetune/ folder")
+    sp.add_argument("--out", type=Path, help="output folder (default: <run>/export)")
+    sp.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], help="weights dtype (default: config)")
+    sp.add_argument("--overwrite", action="store_true")
+
+
+def _evaluate_args(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("run", type=Path, help="run folder")
+    sp.add_argument("overrides", nargs="*", metavar="key=value", help="evaluate.* settings, e.g. max_items=50")
+    sp.add_argument(
+        "--model",
+        action="append",
+        help="model to compare (repeatable; first is the baseline): RUN, RUN:base, a model folder, "
+        "or URL#name for an OpenAI-compatible endpoint; label=SPEC names it. Default: RUN:base and RUN",
+    )
+    sp.add_argument("--out", type=Path, help="output folder (default: <run>/eval)")
+    sp.add_argument("--overwrite", action="store_true", help="discard an earlier evaluation instead of resuming")
+
+
+def _report_args(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("run", type=Path, help="run folder with an eval/ folder")
+    sp.add_argument("--out", type=Path, help="output folder (default: <run>/report)")
+
+
+def _serve_args(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("run", type=Path, help="run folder, its finetune/ or export/ folder, or a model folder")
+    sp.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    sp.add_argument("--port", type=_int_at_least(0, 65535), default=8000)
+    sp.add_argument("--api-key", help="require Authorization: Bearer KEY (or set DOMAIN_EXPERT_API_KEY)")
+    sp.add_argument("--max-queue", type=_int_at_least(0), default=32, help="waiting requests beyond this get HTTP 429")
+    sp.add_argument("--max-batch", type=_int_at_least(1), default=32, help="requests generated together (batch rows)")
+    sp.add_argument(
+        "--decoder",
+        choices=["auto", "lean", "transformers"],
+        default="auto",
+        help="transformers engine's forward pass: lean (fewer operations, Llama-style models; others fall "
+        "back), the transformers model's own, or auto (default: lean on CPU, transformers on GPU)",
+    )
+    sp.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile the lean decoder's decoding step (torch.compile, frozen weights) at start-up: faster "
+        "steps after 2-3 minutes of compiling (2-core CPU), one more copy of the weights (docs/serving.md)",
+    )
+    sp.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="allow browser pages from ORIGIN to call the API (repeatable; off by default)",
+    )
+    sp.add_argument(
+        "--engine",
+        choices=["transformers", "vllm"],
+        default="transformers",
+        help="transformers (default, CPU or GPU) or vllm (GPU, needs `pip install vllm`)",
+    )
+
+
+def _ask_args(sp: argparse.ArgumentParser, *, question: bool) -> None:
+    sp.add_argument("run", type=Path, help="run folder, its finetune/ or export/ folder, or a model folder")
+    if question:
+        sp.add_argument("question")
+    sp.add_argument("--base", action="store_true", help="ask the untuned base model, same prompt format")
+    sp.add_argument("--max-new-tokens", type=int, default=128 if question else 256)
+
+
+# the one registry of verbs: name, help, handler, arguments
+VERBS: list[tuple[str, str, Callable, Callable[[argparse.ArgumentParser], None]]] = [
+    ("run", "the whole pipeline on a config, then base vs tuned side by side", cmd_run, _run_args),
+    ("prepare", "sources -> train/val/test JSONL + manifest.json", cmd_prepare, _prepare_args),
+    ("finetune", "LoRA fine-tuning on prepared data", cmd_finetune, _finetune_args),
+    ("export", "merge the adapter into a plain Hugging Face folder with a model card", cmd_export, _export_args),
+    ("evaluate", "compare base vs tuned (or any models) on held-out items, with statistics", cmd_evaluate,
+     _evaluate_args),
+    ("report", "write report.html / report.md from a run's files (no model loaded)", cmd_report, _report_args),
+    ("serve", "OpenAI-compatible server for the tuned model and its base (<name>:base)", cmd_serve, _serve_args),
+    ("generate", "answer one question with the tuned (or --base) model", cmd_generate,
+     lambda sp: _ask_args(sp, question=True)),
+    ("chat", "chat in the terminal with the tuned (or --base) model", cmd_chat,
+     lambda sp: _ask_args(sp, question=False)),
+    ("configs", "list the shipped configs", cmd_configs, lambda sp: None),
+]  # fmt: skip
 
 
 def _int_at_least(low: int, high: int | None = None):
