@@ -76,19 +76,24 @@ def run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False) -> Pat
     report_dir = report.run(run_dir)  # after run.json, so the report shows the timings
     side_by_side(eval_dir / "items.jsonl", cfg.evaluate.show_examples)
     print_verdicts(eval_dir / "metrics.json")
+    _print_where(cfg.name, run_dir, total, report_dir)
+    return run_dir
+
+
+def _print_where(name: str, run_dir: Path, total: float, report_dir: Path) -> None:
+    ft = run_dir / "finetune"
     print(f"""
-[domain-expert] run '{cfg.name}' finished in {total / 60:.1f} min (peak memory {peak_rss_mib() / 1024:.1f} GiB)
-  prepared data   {data_dir}   (manifest.json: sources, licences, hashes)
-  adapter         {ft_dir}   (metrics.jsonl, TensorBoard: tensorboard --logdir {ft_dir / "tb"})
-  merged model    {exp_dir}   (plain Hugging Face folder + model card)
-  evaluation      {eval_dir}   (items.jsonl per item, metrics.json)
+[domain-expert] run '{name}' finished in {total / 60:.1f} min (peak memory {peak_rss_mib() / 1024:.1f} GiB)
+  prepared data   {run_dir / "data"}   (manifest.json: sources, licences, hashes)
+  adapter         {ft}   (metrics.jsonl, TensorBoard: tensorboard --logdir {ft / "tb"})
+  merged model    {run_dir / "export"}   (plain Hugging Face folder + model card)
+  evaluation      {run_dir / "eval"}   (items.jsonl per item, metrics.json)
   report          {report_dir / "report.html"}   (and report.md)
 Ask it:   domain-expert generate {run_dir} "What is thrombocytopenia?"   (add --base for the untuned model)
 Chat:     domain-expert chat {run_dir}
 Serve:    domain-expert serve {run_dir}   (http://127.0.0.1:8000/: chat page, base vs tuned side by side;
           OpenAI API at /v1, models {run_dir.name} and {run_dir.name}:base)
 Not a clinician: answers can be wrong; not medical advice.""")
-    return run_dir
 
 
 def _check_resumable(run_dir: Path, cfg: RunConfig) -> bool:
