@@ -32,6 +32,8 @@ test: setup-test
 lint: setup-test
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
+	# architecture contracts (pyproject.toml [tool.importlinter]): which stage may import which
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
