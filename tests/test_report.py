@@ -8,16 +8,22 @@ import base64
 import hashlib
 import html
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 
+import domain_expert
 from domain_expert import report
 from domain_expert.errors import RunFolderError
+from domain_expert.report.build import build
+from domain_expert.report.html import render_html
+from domain_expert.report.markdown import render_md
 from fixtures_report import BIG_GAIN_ID, EVIL_BASE, EVIL_TUNED, build_synthetic_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -265,6 +271,74 @@ def test_markdown_has_the_same_content_and_its_plots(built):
     for heading in ("## Limitations", "### Skipped metrics", "## Forgetting guard", "## Multiple-choice"):
         assert heading in md
     assert "not a raw-text run" in md and "HP:0001871" in md
+
+
+def _md_text(s: str) -> str:
+    """Escaped Markdown back to the text it shows."""
+    return html.unescape(re.sub(r"\\(.)", r"\1", s.strip()).replace("<br>", "\n"))
+
+
+def _md_cells(line: str) -> list[str]:
+    return [_md_text(c) for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+
+
+def _html_verdicts(source: str) -> list[tuple[str, ...]]:
+    section = source.split('<section id="verdict">', 1)[1].split("</section>", 1)[0]
+    pattern = (
+        r'<span class="name">(.*?)</span>.*?class="pill v-\w+">(.*?)</span>.*?<strong>(.*?)</strong>'
+        r' <span class="ci">95% CI (.*?)</span>.*?p = (\S+) ·\s+n = (\S+) ·'
+    )
+    return [tuple(html.unescape(x) for x in m) for m in re.findall(pattern, section, re.S)]
+
+
+def _md_verdicts(md: str) -> list[tuple[str, ...]]:
+    pattern = r"^- \*\*(.*)\*\*: \*\*(.*?)\*\* — (\S+) \(95% CI (.*?)\), p = (\S+), n = (\S+) · "
+    return [tuple(_md_text(x) for x in m) for m in re.findall(pattern, md, re.M)]
+
+
+def test_markdown_and_html_show_the_rows_of_one_view_model(template_run):
+    """Both renderers lay out the view model `build` returns: a row changed there shows, the same, in both."""
+    r = build(report.load_inputs(template_run))
+    r.pop("panels")
+    lines = r["pairs"][0]["lines"]
+    sentinel = "Sentinel | <b>score</b> *x* _y_ [z]"
+    lines[0].update(label=sentinel, verdict="worse", cls="worse", diff="+9.999", p="0.042", n="7")
+    images: dict[str, bytes | None] = {"loss": None, "item_diffs": None}
+    source, md = render_html(r, images), render_md(r, images)
+
+    keys = ("label", "a_mean", "b_mean", "diff", "ci", "p", "test", "n", "verdict")
+    expected_rows = [[x[k] for k in keys] for x in lines]
+    md_table = md.split("\n## Metric table\n", 1)[1].split("\n## ", 1)[0]
+    md_rows = [_md_cells(x) for x in md_table.splitlines() if x.startswith("| ")][1:]
+    assert Page(source).metric_rows[1:] == md_rows == expected_rows
+    assert md_rows[0][0] == sentinel and md_rows[0][8] == "worse"
+
+    expected_verdicts = [tuple(x[k] for k in ("label", "verdict", "diff", "ci", "p", "n")) for x in lines]
+    assert _html_verdicts(source) == _md_verdicts(md) == expected_verdicts
+    assert expected_verdicts[0][:3] == (sentinel, "worse", "+9.999")
+
+
+def test_report_loads_no_model_code(built, tmp_path):
+    """A report builds from files alone: building one imports neither torch, transformers nor the model loaders."""
+    code = (
+        "import sys\n"
+        "from domain_expert import report\n"
+        "report.run(sys.argv[1], sys.argv[2])\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')"
+        " or m == 'domain_expert.models' or m.startswith('domain_expert.models.')))\n"
+    )
+    src = str(Path(domain_expert.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
+    res = subprocess.run(
+        [sys.executable, "-c", code, str(built), str(tmp_path / "rep")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip() == "[]"
+    assert (tmp_path / "rep" / "report.md").is_file()
 
 
 def test_sections_report_manifest_guard_mc_and_limitations(built):

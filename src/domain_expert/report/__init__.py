@@ -16,9 +16,12 @@ Outputs, written to a staged sibling folder and swapped in with one rename (noth
 
 Every piece of model or data text is escaped (answers can contain '<' or Markdown syntax).
 
-Modules: inputs.py (reading and checking the run folder), build.py (the view model both renderers share),
-formatting.py (numbers, labels, verdicts), plots.py (matplotlib figures), html.py (templates/report.html.j2 and
-templates/report.css), markdown.py.
+Modules: inputs.py (reading and checking the run folder), build.py (the view model both renderers share; its
+per-item pairing in pairing.py, its provenance sections in provenance.py), formatting.py (numbers, labels, verdicts),
+plots.py (matplotlib figures), html.py (templates/report.html.j2 and templates/report.css), markdown.py
+(templates/report.md.j2). The renderers only lay out the view model: what a section shows is decided once, in build.py.
+
+No model is loaded and nothing here imports torch, transformers or domain_expert.models: a report builds from files.
 """
 
 from __future__ import annotations

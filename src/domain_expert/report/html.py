@@ -5,8 +5,6 @@ from __future__ import annotations
 import base64
 from importlib.resources import files
 
-from domain_expert.report.formatting import fmt_ci, fmt_num, fmt_p, fmt_pct, verdict_class
-
 TEMPLATES = "templates"  # inside this package; pyproject's package-data ships them with a non-editable install
 
 
@@ -22,7 +20,6 @@ def render_html(r: dict, images: dict[str, bytes | None]) -> str:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.globals.update(vc=verdict_class, fnum=fmt_num, fp=fmt_p, fci=fmt_ci, fpct=fmt_pct)
     imgs = {k: base64.b64encode(v).decode("ascii") if v else None for k, v in images.items()}
     css = (files(__package__) / TEMPLATES / "report.css").read_text(encoding="utf-8")
     # Markup: the style sheet is ours, and autoescaping would turn its quotes into entities, which <style> keeps

@@ -41,6 +41,15 @@ class Inputs:
     read: dict[str, str] = field(default_factory=dict)  # relative path -> sha256 of the bytes read
 
 
+def dig(d: Any, *keys: str) -> Any:
+    """d[k1][k2]..., or None where a level is missing or not an object (optional inputs can hold anything)."""
+    for k in keys:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(k)
+    return d
+
+
 def _rel(inp: Inputs, path: Path) -> str:
     return path.relative_to(inp.run_dir).as_posix()
 
@@ -97,6 +106,12 @@ def _load_metrics(inp_run: Path) -> tuple[dict, bytes]:
             where=where,
             fix="the file is corrupted: run `domain-expert evaluate RUN` again",
         ) from None
+    _check_metrics(m, where)
+    return m, data
+
+
+def _check_metrics(m: Any, where: str) -> None:
+    """The shape docs/evaluation-format.md promises, checked up front so the builder can rely on it."""
     fix = "the file does not follow docs/evaluation-format.md: run `domain-expert evaluate RUN` again"
     if not isinstance(m, dict):
         raise RunFolderError(f"metrics file holds a JSON {type(m).__name__}, not an object", where=where, fix=fix)
@@ -128,7 +143,6 @@ def _load_metrics(inp_run: Path) -> tuple[dict, bytes]:
             raise RunFolderError(f'"{k}" must be an object, got {type(m[k]).__name__}', where=where, fix=fix)
     if "skipped" in m and not isinstance(m["skipped"], list):
         raise RunFolderError('"skipped" must be a list', where=where, fix=fix)
-    return m, data
 
 
 def _load_items(inp: Inputs) -> None:
