@@ -261,7 +261,11 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(res, indent=1)
     print(text)
     if args.json:
-        args.json.write_text(text + "\n")
+        sys.path.append(str(Path(__file__).resolve().parents[1] / "src"))  # the stamp, also from an uninstalled clone
+        from domain_expert.provenance import stamp
+
+        stamped = {**res, "stamp": stamp(None if argv is None else [__file__, *argv])}
+        args.json.write_text(json.dumps(stamped, indent=1) + "\n")
     print(
         f"{res['device_name']}: {res['tokens_per_s']:.0f} tokens/s, MFU {res['mfu']:.1%} (HFU {res['hfu']:.1%}, "
         f"6N convention {res['mfu_6n']:.1%}) of {res['peak_tflops']:.0f} TFLOP/s ({res['peak_source']})",

@@ -171,8 +171,10 @@ def main() -> None:
     out = Path("bench/results/serve_decode_cost.json")
     out = out.with_name("serve_decode_compile.json") if args.compile else out
     out = out.with_name("serve_decode_frozen.json") if args.frozen else out
-    write_json_atomic(out, {"rounds": args.rounds, "steps": args.steps, "median": table, "all": results,
-                            "first_compiled_call_s": compile_s, "attention_probe": lean.attention,
+    from domain_expert.provenance import stamp
+
+    write_json_atomic(out, {"stamp": stamp(), "rounds": args.rounds, "steps": args.steps, "median": table,
+                            "all": results, "first_compiled_call_s": compile_s, "attention_probe": lean.attention,
                             "attention_probe_us": lean.attention_probe_us, "cpu": cpu_summary()})  # fmt: skip
     print(f"wrote {out}")
 
@@ -203,8 +205,10 @@ def products_by_rows(lean, rounds: int, cpu: dict, write_json) -> None:
         flops = sum(2 * rows * w.numel() for w in weights)
         table[rows] = {"ms": best * 1000, "gflop_s": flops / best / 1e9}
         print(f"{rows:4} rows: {best * 1000:6.2f} ms per pass over all layers, {flops / best / 1e9:5.0f} GFLOP/s")
+    from domain_expert.provenance import stamp
+
     out = Path("bench/results/serve_product_rows.json")
-    write_json(out, {"dtype": str(dtype), "rounds": rounds, "by_rows": table, "cpu": cpu})
+    write_json(out, {"stamp": stamp(), "dtype": str(dtype), "rounds": rounds, "by_rows": table, "cpu": cpu})
     print(f"wrote {out}")
 
 

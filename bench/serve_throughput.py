@@ -347,8 +347,9 @@ def main(argv=None) -> int:
                 }
                 print(f"{ours} / peer tokens/s:", {k: fmt(v, ".1f") for k, v in out[key].items()})
     from domain_expert.fsutil import write_json_atomic
+    from domain_expert.provenance import stamp
 
-    write_json_atomic(args.out, out)
+    write_json_atomic(args.out, {"stamp": stamp(None if argv is None else [__file__, *argv]), **out})
     print(f"wrote {args.out}")
     return 0
 

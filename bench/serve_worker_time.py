@@ -143,7 +143,9 @@ def main() -> None:
         print(f"  {k:20} {v:6.2f} s ({v / wall:4.0%} of wall) in {counts[k]} calls, {v / counts[k] * 1000:.1f} ms each")
     print(f"  prefill tokens (with padding): {counts['prefill tokens (with padding)']}")
     print(f"  rows per decoding step: {out['rows_per_decoding_step']}")
-    write_json_atomic(args.out, out)
+    from domain_expert.provenance import stamp
+
+    write_json_atomic(args.out, {"stamp": stamp(), **out})
     print(f"wrote {args.out}")
 
 

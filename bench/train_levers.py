@@ -128,8 +128,11 @@ def main() -> None:
     print("\nmedian over rounds (forward + backward, the examples' non-padding tokens/s):")
     for name, v in results.items():
         print(f"{name:60} {statistics.median(v):6.0f}  x{statistics.median(v) / base:.2f}")
+    from domain_expert.provenance import stamp
+
     out = Path("bench/results/train_levers.json")
-    out.write_text(json.dumps({"batches": args.batches, "rounds": args.rounds, "tokens_per_s": results}, indent=1))
+    res = {"stamp": stamp(), "batches": args.batches, "rounds": args.rounds, "tokens_per_s": results}
+    out.write_text(json.dumps(res, indent=1))
     print(f"wrote {out}")
 
 

@@ -245,9 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     loads = [max(v["load_1min"]) for r in rows.values() for v in r["seeds"].values()]
     if max(loads) > os.cpu_count():
         print(f"load average above the {os.cpu_count()} cores: the CPU was shared, tokens/s are low and noisy")
-    from domain_expert.provenance import package_versions
+    from domain_expert.provenance import package_versions, stamp
 
     result = {
+        "stamp": stamp(None if argv is None else [__file__, *argv]),
         "steps": args.steps,
         "config": args.config,
         "overrides": args.set,

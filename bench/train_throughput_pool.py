@@ -101,8 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     print(line + f"; ours lower on {p['seeds_ours_better']} of {len(p['val_loss'])} seeds")
     if args.out:
         from domain_expert.fsutil import write_json_atomic
+        from domain_expert.provenance import stamp
 
-        write_json_atomic(args.out, p)
+        write_json_atomic(args.out, {"stamp": stamp(None if argv is None else [__file__, *argv]), **p})
         print(f"wrote {args.out}")
     return 0
 
