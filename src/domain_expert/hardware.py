@@ -10,8 +10,8 @@ from pathlib import Path
 @functools.cache
 def cpu_has_native_bf16() -> bool:
     """True when the CPU runs bf16 matrix products natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated and
-    can be slower than fp32, so we only choose it where it pays (matrix products ~4x fp32 on an AVX512-BF16
-    EPYC, docs/scale.md)."""
+    can be slower than fp32, so we only choose it where it pays (matrix products ~2.1x fp32 on an AVX512-BF16
+    EPYC: bench/cpu_pass_cost.py, docs/benchmarks.md)."""
     if platform.machine().lower() in ("arm64", "aarch64"):
         flags = _cpu_flags()
         return "bf16" in flags or "sve_bf16" in flags

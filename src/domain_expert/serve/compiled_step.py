@@ -6,7 +6,7 @@ dispatch cost, ~8 ms of a ~25 ms one-row SmolLM2 step on this CPU. Inductor fuse
 `freezing` it treats the weights as constants and lays them out for oneDNN itself (it cannot take our pre-packed
 weights as graph inputs: compiled on plain weights, the step only matched the eager packed one). Measured on the
 2-core CPU (one step, same inputs): 18.0 / 17.7 / 28.1 ms at 1 / 4 / 16 rows vs 25.7 / 26.9 / 37.4 eager;
-whole-server figures in docs/serving.md.
+whole-server figures in docs/benchmarks.md.
 
 Costs, which is why it is a flag: compilation at start-up (~3 minutes for SmolLM2 on 2 cores: one graph for one
 row and one for several, since dynamo specialises a size of 1), inductor's own copy of the weights, and
