@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from domain_expert.evaluate import METRICS
-from domain_expert.stats import compare_metric
+from domain_expert.evaluate.stats import compare_metric
 
 N_GEN, N_MC, N_GENERAL = 40, 40, 16
 BIG_GAIN_ID = "gen-000"
@@ -65,7 +65,7 @@ BASE_MODEL = {
     "license": "Apache-2.0",
 }
 
-# The fixture names two metrics as docs/evaluation-format.md does; evaluate.py's METRICS names them after the item
+# The fixture names two metrics as docs/evaluation-format.md does; evaluate's METRICS names them after the item
 # field. The labels are evaluate's, so the report is tested on the labels it really gets.
 EVALUATE_NAME = {"stop_rate": "stopped", "mc_acc": "correct"}
 

@@ -12,6 +12,8 @@ from domain_expert import evaluate
 from domain_expert.cli import main
 from domain_expert.config import EvalConfig
 from domain_expert.errors import DomainExpertError
+from domain_expert.evaluate.items import build_items
+from domain_expert.evaluate.scoring import LocalEngine
 
 
 def _rows(path):
@@ -68,7 +70,7 @@ def test_changed_settings_refuse_to_mix_results(tiny_tuned, tmp_path):
 def test_mc_distractors_are_ontology_neighbours(tiny_tuned):
     from domain_expert.data.hpo import hpo_obo_path, parse_obo
 
-    items = evaluate.build_items(tiny_tuned, EvalConfig(max_items=None))
+    items = build_items(tiny_tuned, EvalConfig(max_items=None))
     terms = parse_obo(hpo_obo_path())
     by_name = {t.name: t for t in terms.values()}
     assert items["mc"]
@@ -79,7 +81,7 @@ def test_mc_distractors_are_ontology_neighbours(tiny_tuned):
         for i, o in enumerate(it["options"]):
             if i != it["answer_index"]:
                 assert set(by_name[o].parents) & grand, (o, target.name)
-    assert items == evaluate.build_items(tiny_tuned, EvalConfig(max_items=None))  # deterministic
+    assert items == build_items(tiny_tuned, EvalConfig(max_items=None))  # deterministic
 
 
 def test_plain_folder_with_other_tokenizer_skips_nll(tiny_tuned, tmp_path, tiny_model_dir):
@@ -234,7 +236,7 @@ def test_llm_judge_grades_are_kept_raw_and_compared(tiny_tuned, tmp_path):
 
 
 def test_judge_reply_parsing():
-    from domain_expert.judge import parse_grades
+    from domain_expert.evaluate.judge import parse_grades
 
     assert parse_grades('ok {"correct": 4, "complete": 2, "safe": 5} done') == {"correct": 4, "complete": 2, "safe": 5}
     assert parse_grades('{"correct": 9, "complete": 2, "safe": 5}') is None  # out of range
@@ -268,7 +270,7 @@ def test_out_of_memory_halves_the_batch_and_retries():
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return [x * 2 for x in items]
 
-    engine = evaluate.LocalEngine.__new__(evaluate.LocalEngine)
+    engine = LocalEngine.__new__(LocalEngine)
     engine.batch_size = 16
     assert engine._backoff(fn, [1, 2, 3]) == [2, 4, 6]
     assert seen == [16, 8, 4] and engine.batch_size == 4
@@ -278,3 +280,83 @@ def test_out_of_memory_halves_the_batch_and_retries():
 
     with pytest.raises(RuntimeError, match="shape mismatch"):
         engine._backoff(other_error, [1])
+
+
+def _ontology_mc_items(defines, cfg):
+    """The reference: multiple-choice items as evaluation built them before `prepare` recorded the neighbours,
+    reading the ontology at evaluation time."""
+    import random
+
+    from domain_expert.data.hpo import hpo_obo_path, parse_obo
+    from domain_expert.evaluate.items import subsample
+
+    terms = parse_obo(hpo_obo_path())
+    children = {}
+    for t in terms.values():
+        if t.obsolete or not t.definition:
+            continue
+        for p in t.parents:
+            children.setdefault(p, []).append(t.id)
+    out = []
+    for r in subsample(defines, cfg.max_items, cfg.seed):
+        tid = r.meta["term_id"]
+        term = terms[tid]
+        own = {s.lower() for s in r.meta.get("surfaces", [])} | {term.name.lower()}
+        rng = random.Random(f"{cfg.seed}:{tid}")
+        pool = []
+        for level in (term.parents, [g for p in term.parents for g in terms[p].parents if p in terms]):
+            cands = sorted({c for p in level for c in children.get(p, [])} - {tid} - set(pool))
+            rng.shuffle(cands)
+            pool += cands
+        names = []
+        for c in pool:
+            name = terms[c].name
+            if name.lower() not in own and name not in names:
+                names.append(name)
+            if len(names) == cfg.mc_choices - 1:
+                break
+        if len(names) < cfg.mc_choices - 1:
+            continue
+        options = [term.name, *names]
+        rng.shuffle(options)
+        question = f"Which medical term is defined as: {r.meta['definition']}"
+        out.append({"id": r.id, "question": question, "options": options, "answer_index": options.index(term.name)})
+    return out
+
+
+def test_mc_items_from_prepared_neighbours_match_the_ontology(tmp_path):
+    """Same options, same order, same answer for the same seed as when evaluation parsed the ontology itself."""
+    from domain_expert.config import load_config
+    from domain_expert.data import prepare
+    from domain_expert.data.records import read_records
+    from domain_expert.evaluate.items import mc_items
+
+    # the whole blood branch (~900 terms), every split: terms at the branch's edge have neighbours outside it
+    data = prepare.run(load_config(None, ["data.sources.0.max_terms=null"]), tmp_path / "data")
+    defines = [r for s in ("train", "val", "test") for r in read_records(data / f"{s}.jsonl") if r.task == "define"]
+    assert len(defines) > 800
+    for seed, choices, max_items in ((0, 4, None), (1, 4, None), (0, 6, None), (3, 4, 50)):
+        cfg = EvalConfig(seed=seed, mc_choices=choices, max_items=max_items)
+        items, reason = mc_items(defines, cfg)
+        assert reason is None and items
+        assert items == _ontology_mc_items(defines, cfg), (seed, choices, max_items)
+    assert len(mc_items(defines, EvalConfig(max_items=None, mc_choices=6))[0]) < len(defines)  # few-neighbour terms
+
+
+def test_data_prepared_without_neighbours_skips_mc_with_a_reason(tiny_tuned, tmp_path):
+    import shutil
+
+    run = tmp_path / "old"
+    shutil.copytree(tiny_tuned, run)
+    test = run / "data" / "test.jsonl"
+    rows = _rows(test)
+    for r in rows:
+        r["meta"].pop("neighbours", None)
+    test.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = evaluate.run(run, overrides=["max_items=2", "general_chunks=0"], out_dir=tmp_path / "e", progress=False)
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["n_items"]["mc"] == 0 and not any(r["kind"] == "mc" for r in _rows(out / "items.jsonl"))
+    reasons = [s["reason"] for s in m["skipped"] if s["metric"] == "correct" and s["model"] == "*"]
+    assert reasons and "prepare the data again" in reasons[0]
+    assert "correct" not in {c["metric"] for c in m["comparisons"]}
+    assert m["n_items"]["generation"] == 2  # everything else is still evaluated

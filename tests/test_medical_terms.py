@@ -85,3 +85,16 @@ def test_split_groups_fractions():
     where = prepare.split_groups([f"g{i}" for i in range(100)], 0.1, 0.2, seed=3)
     counts = {s: list(where.values()).count(s) for s in ("train", "val", "test")}
     assert counts == {"train": 70, "val": 10, "test": 20}
+
+
+def test_define_records_carry_their_ontology_neighbours(terms):
+    """Multiple-choice distractors are written at prepare time, so evaluation never reads the ontology."""
+    res = load_medical_terms(MedicalTermsSource(max_terms=None), seed=0)
+    thrombo = {r.task: r for r in res.records if r.group == "HP:0001873"}
+    near = thrombo["define"].meta["neighbours"]
+    # siblings: the other children of Abnormal platelet count; the level above: children of its parent
+    assert near["siblings"] == ["Thrombocytosis"]
+    assert "Abnormal platelet count" in near["parent_level"] and "Thrombocytopenia" not in near["parent_level"]
+    ids = {t.name: tid for tid, t in terms.items()}
+    assert [ids[n] for n in near["parent_level"]] == sorted(ids[n] for n in near["parent_level"])  # id order
+    assert all("neighbours" not in r.meta for task, r in thrombo.items() if task != "define")

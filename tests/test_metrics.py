@@ -7,9 +7,9 @@ import importlib.util
 import numpy as np
 import pytest
 
-from domain_expert import metrics
 from domain_expert.errors import DomainExpertError
-from domain_expert.metrics import Embedder, chrf, rouge_l
+from domain_expert.evaluate import metrics
+from domain_expert.evaluate.metrics import Embedder, chrf, rouge_l
 
 # --- ROUGE-L ----------------------------------------------------------------------------------------------
 

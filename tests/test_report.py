@@ -410,7 +410,7 @@ def test_comparison_missing_a_key_is_named(run_dir):
 
 
 def test_evaluate_metric_names_and_absent_ci_are_accepted(run_dir):
-    """evaluate.py names two metrics after their item fields (stopped, correct) and may omit the CI of a
+    """evaluate names two metrics after their item fields (stopped, correct) and may omit the CI of a
     descriptive metric: the stop-rate and multiple-choice sections still find them, the table shows '—'."""
     path = run_dir / "eval" / "metrics.json"
     m = _eval_metrics(run_dir)
@@ -433,7 +433,7 @@ def test_evaluate_metric_names_and_absent_ci_are_accepted(run_dir):
 
 
 def test_metric_names_come_from_metrics_json_labels_else_keys(run_dir):
-    """The labels are evaluate.py's (each comparison's "label"); a comparison without one shows its metric key."""
+    """The labels are evaluate's (each comparison's "label"); a comparison without one shows its metric key."""
     path = run_dir / "eval" / "metrics.json"
     m = _eval_metrics(run_dir)
     del m["comparisons"][1]["label"]

@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from domain_expert import stats
 from domain_expert.errors import DomainExpertError
-from domain_expert.stats import compare_metric, mcnemar, paired_bootstrap_ci, paired_test_pvalue
+from domain_expert.evaluate import stats
+from domain_expert.evaluate.stats import compare_metric, mcnemar, paired_bootstrap_ci, paired_test_pvalue
 
 # --- bootstrap CI -----------------------------------------------------------------------------------------
 

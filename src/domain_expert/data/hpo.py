@@ -125,12 +125,39 @@ def _in_sentence(name: str) -> str:
     return name[:1].lower() + name[1:] if name[1:2].islower() else name
 
 
-def term_records(term: Term, source: str, *, include_comment: bool, tasks: list[str]) -> list[Record]:
+def defined_children(terms: dict[str, Term]) -> dict[str, list[str]]:
+    """Parent id -> ids of its children that could be asked about (defined, not obsolete)."""
+    children: dict[str, list[str]] = {}
+    for t in terms.values():
+        if t.obsolete or not t.definition:
+            continue
+        for p in t.parents:
+            children.setdefault(p, []).append(t.id)
+    return children
+
+
+def neighbours_of(terms: dict[str, Term], children: dict[str, list[str]], term: Term) -> dict[str, list[str]]:
+    """Multiple-choice distractor candidates, so evaluation needs no ontology: names of the term's siblings (other
+    children of its parents), then of the level above (children of its grandparents: its parents and their
+    siblings), minus the term and the siblings. Each list is in id order, duplicate names kept: evaluation shuffles
+    each with its own seed, and the shuffle depends on the list's length."""
+    siblings = sorted({c for p in term.parents for c in children.get(p, [])} - {term.id})
+    grandparents = [g for p in term.parents if p in terms for g in terms[p].parents]
+    above = sorted({c for g in grandparents for c in children.get(g, [])} - {term.id} - set(siblings))
+    return {"siblings": [terms[c].name for c in siblings], "parent_level": [terms[c].name for c in above]}
+
+
+def term_records(
+    term: Term, source: str, *, include_comment: bool, tasks: list[str], neighbours: dict[str, list[str]] | None = None
+) -> list[Record]:
+    """A term's records; `neighbours` (from `neighbours_of`) go into the define record's meta only, the one evaluation
+    turns into a multiple-choice question."""
     d = term.definition or ""
     name = _in_sentence(term.name)
     surfaces = sorted({_norm(term.name), *(_norm(s) for s in term.synonyms + term.layperson)})
     meta = {"term_id": term.id, "term": term.name, "definition": d, "surfaces": surfaces}
-    recs = [Record(f"{term.id}:define", term.id, source, "define", f"What is {name}?", d, meta=meta)]
+    define_meta = meta if neighbours is None else {**meta, "neighbours": neighbours}
+    recs = [Record(f"{term.id}:define", term.id, source, "define", f"What is {name}?", d, meta=define_meta)]
     explain = d
     if term.layperson:
         explain = f"{d} In plain words: {term.layperson[0].lower()}."
@@ -208,10 +235,17 @@ def load_medical_terms(cfg, seed: int) -> SourceResult:
         chosen = sorted(random.Random(seed).sample(chosen, cfg.max_terms), key=lambda t: t.id)
     if not chosen:
         raise DataError("no defined HPO terms in this scope", where="data.sources.medical-terms.branch")
+    children = defined_children(terms)  # over the whole ontology: a branch's edge terms have neighbours outside it
     records = [
         r
         for t in chosen
-        for r in term_records(t, "medical-terms", include_comment=cfg.include_comment, tasks=cfg.tasks)
+        for r in term_records(
+            t,
+            "medical-terms",
+            include_comment=cfg.include_comment,
+            tasks=cfg.tasks,
+            neighbours=neighbours_of(terms, children, t),
+        )
     ]
     from domain_expert.fsutil import sha256_file
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-# evaluate.py names two metrics after the item field they average; docs/evaluation-format.md uses these names
+# evaluate (its METRICS table) names two metrics after the item field they average; docs/evaluation-format.md
+# uses these names
 METRIC_ALIASES = {"stopped": "stop_rate", "correct": "mc_acc"}
 VERDICT_CLASS = {"better": "better", "worse": "worse", "no detectable difference": "nodiff"}
 
@@ -65,7 +66,7 @@ def canonical_metric(c: dict) -> str:
 
 
 def metric_label(c: dict) -> str:
-    """The label evaluate.py wrote into the comparison (its METRICS table), else the metric's key."""
+    """The label evaluate wrote into the comparison (its METRICS table), else the metric's key."""
     return str(c.get("label") or c["metric"])
 
 

@@ -1,5 +1,6 @@
 """A model behind an OpenAI-compatible HTTP API (vLLM, TGI, Ollama, `domain-expert serve`, Bedrock gateways), used
-by `evaluate` so a deployed endpoint can be compared with the run it came from. Standard library only."""
+by `evaluate` so a deployed endpoint can be compared with the run it came from, and by the LLM judge. Standard
+library only."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import time
 import urllib.error
 import urllib.request
 
+from domain_expert.config import EvalConfig
 from domain_expert.errors import DomainExpertError
+from domain_expert.evaluate.specs import ModelSpec
 
 
 class EndpointError(DomainExpertError):
@@ -17,7 +20,9 @@ class EndpointError(DomainExpertError):
 
 
 class Endpoint:
-    def __init__(self, base_url: str, model: str, *, retries: int = 4, timeout_s: float = 120.0, api_key=None):
+    def __init__(
+        self, base_url: str, model: str, *, retries: int = 4, timeout_s: float = 120.0, api_key: str | None = None
+    ):
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.retries = retries
@@ -65,3 +70,17 @@ class Endpoint:
             raise EndpointError(
                 f"unexpected response shape ({e!r})", where=self.base_url, fix="is this an OpenAI-compatible API?"
             ) from None
+
+
+class EndpointEngine:
+    """A model behind an OpenAI-compatible URL: generation only (likelihood metrics are skipped, with a reason)."""
+
+    vocab = None
+
+    def __init__(self, spec: ModelSpec, cfg: EvalConfig, system: str | None):
+        self.ep = Endpoint(spec.path, spec.endpoint_model or "default", retries=cfg.endpoint_retries,
+                           timeout_s=cfg.endpoint_timeout_s)  # fmt: skip
+        self.system = system
+
+    def generate(self, prompts: list[str], max_new_tokens: int) -> list[dict]:
+        return [self.ep.chat(p, system=self.system, max_tokens=max_new_tokens) for p in prompts]

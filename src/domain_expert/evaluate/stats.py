@@ -172,15 +172,7 @@ def compare_metric(
         raise DomainExpertError(f'kind must be "continuous" or "binary", got {kind!r}', where=where)
     if not 0.0 < alpha < 1.0:
         raise DomainExpertError(f"alpha must be in (0, 1), got {alpha}", where=where)
-    x, y = _same_length(base, tuned, where=where, what="base and tuned scores")
-    keep = ~(np.isnan(x) | np.isnan(y))
-    n_dropped = int(x.size - np.count_nonzero(keep))
-    x, y = x[keep], y[keep]
-    if x.size == 0:
-        raise DomainExpertError(
-            f"no items with both scores available (n == 0; {n_dropped} pairs dropped as NaN)", where=where
-        )
-
+    x, y, n_dropped = _scored_pairs(base, tuned, where=where)
     diff, ci_low, ci_high = paired_bootstrap_ci(x, y, n_resamples=n_resamples, confidence=1.0 - alpha, seed=seed)
     extra: dict = {}
     if kind == "binary":
@@ -189,17 +181,6 @@ def compare_metric(
         extra = {"b01": mc["b01"], "b10": mc["b10"]}
     else:
         pvalue, test = paired_test_pvalue(x, y), "wilcoxon"
-
-    significant = pvalue < alpha
-    improved = ci_low > 0 if higher_is_better else ci_high < 0
-    degraded = ci_high < 0 if higher_is_better else ci_low > 0
-    verdict: Verdict
-    if significant and improved:
-        verdict = "better"
-    elif significant and degraded:
-        verdict = "worse"
-    else:
-        verdict = "no detectable difference"
 
     return {
         "name": name,
@@ -215,6 +196,28 @@ def compare_metric(
         "test": test,
         "higher_is_better": higher_is_better,
         "kind": kind,
-        "verdict": verdict,
+        "verdict": _verdict(pvalue < alpha, ci_low, ci_high, higher_is_better),
         **extra,
     }
+
+
+def _scored_pairs(base: Sequence[float], tuned: Sequence[float], *, where: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """The pairs where both scores exist (NaN or None = not computed for that item), and how many were dropped."""
+    x, y = _same_length(base, tuned, where=where, what="base and tuned scores")
+    keep = ~(np.isnan(x) | np.isnan(y))
+    n_dropped = int(x.size - np.count_nonzero(keep))
+    if not keep.any():
+        raise DomainExpertError(
+            f"no items with both scores available (n == 0; {n_dropped} pairs dropped as NaN)", where=where
+        )
+    return x[keep], y[keep], n_dropped
+
+
+def _verdict(significant: bool, ci_low: float, ci_high: float, higher_is_better: bool) -> Verdict:
+    improved = ci_low > 0 if higher_is_better else ci_high < 0
+    degraded = ci_high < 0 if higher_is_better else ci_low > 0
+    if significant and improved:
+        return "better"
+    if significant and degraded:
+        return "worse"
+    return "no detectable difference"

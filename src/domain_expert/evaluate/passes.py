@@ -1,0 +1,102 @@
+"""One model's pass over the items, one function per item kind; every row is appended as soon as it is scored."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from domain_expert.config import EvalConfig
+from domain_expert.evaluate.rows import ModelRows
+from domain_expert.evaluate.scoring import LocalEngine
+
+if TYPE_CHECKING:
+    from domain_expert.evaluate.endpoints import EndpointEngine
+    from domain_expert.evaluate.metrics import Embedder
+
+
+def score_model(out: ModelRows, engine: LocalEngine | EndpointEngine, items: dict[str, list[dict]], cfg: EvalConfig,
+                embedder: Embedder | None, progress: bool) -> None:  # fmt: skip
+    """Append the model's missing rows; `embedder` is the shared sentence encoder (None: no questions to answer)."""
+    generation_rows(out, engine, items, cfg, embedder, progress)
+    if cfg.judge.url:
+        judge_rows(out, items, cfg, progress)
+    if not isinstance(engine, LocalEngine):
+        return  # likelihood-based items need token scores, which chat endpoints do not give
+    mc_rows(out, engine, items, cfg, progress)
+    for kind in ("general", "domain_text"):
+        text_rows(out, engine, items, kind, cfg, progress)
+
+
+def _batches(rest: list[dict], size: int, desc: str, progress: bool) -> Iterator[list[dict]]:
+    from tqdm.auto import tqdm
+
+    for i in tqdm(range(0, len(rest), size), desc=desc, disable=not progress or not rest):
+        yield rest[i : i + size]
+
+
+def generation_rows(out: ModelRows, engine: LocalEngine | EndpointEngine, items: dict[str, list[dict]],
+                    cfg: EvalConfig, embedder: Embedder | None, progress: bool) -> None:  # fmt: skip
+    """Greedy answers scored against the reference, plus the reference's NLL where the model gives token scores."""
+    from domain_expert.evaluate.metrics import chrf, rouge_l
+
+    rest = out.todo(items, "generation")
+    for chunk in _batches(rest, cfg.batch_size, f"answer   [{out.label}]", progress):
+        answers = engine.generate([it["prompt"] for it in chunk], cfg.max_new_tokens)
+        sims = embedder.similarity([it["reference"] for it in chunk], [a["text"] for a in answers])
+        nlls = [None] * len(chunk)
+        if isinstance(engine, LocalEngine):
+            pairs = [(engine.prompt_ids(it["prompt"]), engine.answer_ids(it["reference"])) for it in chunk]
+            nlls = [s / max(1, n) for s, n in engine.nll(pairs)]  # mean per reference token
+        for it, a, sim, nll in zip(chunk, answers, sims, nlls, strict=True):
+            out.emit({"model": out.label, "kind": "generation", "id": it["id"], "prompt": it["prompt"],
+                      "reference": it["reference"], "answer": a["text"], "stopped": a["stopped"],
+                      "answer_tokens": a["tokens"], "rougeL": rouge_l(it["reference"], a["text"]),
+                      "chrf": chrf(it["reference"], a["text"]), "embed_sim": sim, "ref_nll": nll})  # fmt: skip
+
+
+def judge_rows(out: ModelRows, items: dict[str, list[dict]], cfg: EvalConfig, progress: bool) -> None:
+    """The LLM judge's grades of this model's answers (the first `judge.max_items` questions), raw reply kept."""
+    from tqdm.auto import tqdm
+
+    from domain_expert.evaluate.endpoints import Endpoint
+    from domain_expert.evaluate.judge import grade
+
+    judge = Endpoint(cfg.judge.url, cfg.judge.model, retries=cfg.endpoint_retries, timeout_s=cfg.endpoint_timeout_s)
+    answers = {r["id"]: r for r in out.written("generation")}  # this pass's and an interrupted one's
+    ids = [it["id"] for it in items["generation"][: cfg.judge.max_items]]
+    todo = [i for i in ids if (out.label, "judge", i) not in out.done and i in answers]
+    for i in tqdm(todo, desc=f"judge    [{out.label}]", disable=not progress or not todo):
+        r = answers[i]
+        grades = grade(judge, r["prompt"], r["reference"], r["answer"])
+        out.emit({"model": out.label, "kind": "judge", "id": i, **grades})
+
+
+def mc_rows(out: ModelRows, engine: LocalEngine, items: dict[str, list[dict]], cfg: EvalConfig,
+            progress: bool) -> None:  # fmt: skip
+    """Multiple choice by log-likelihood, as lm-evaluation-harness: the option whose tokens the model finds likeliest
+    after the question (summed, not per token) is its choice."""
+    rest = out.todo(items, "mc")
+    for chunk in _batches(rest, cfg.batch_size, f"choose   [{out.label}]", progress):
+        pairs = [(engine.prompt_ids(it["question"]), engine.answer_ids(o)) for it in chunk for o in it["options"]]
+        scores = engine.nll(pairs)
+        k = 0
+        for it in chunk:
+            ll = [-s for s, _ in scores[k : k + len(it["options"])]]
+            k += len(it["options"])
+            chosen = max(range(len(ll)), key=ll.__getitem__)
+            out.emit({"model": out.label, "kind": "mc", "id": it["id"], "question": it["question"],
+                      "options": it["options"], "answer_index": it["answer_index"], "logliks": ll, "chosen": chosen,
+                      "correct": chosen == it["answer_index"]})  # fmt: skip
+
+
+def text_rows(out: ModelRows, engine: LocalEngine, items: dict[str, list[dict]], kind: str, cfg: EvalConfig,
+              progress: bool) -> None:  # fmt: skip
+    """Mean token NLL of plain text (`general` English or held-out `domain_text`), the first token as context."""
+    rest = out.todo(items, kind)
+    for chunk in _batches(rest, cfg.batch_size, f"{kind:8} [{out.label}]", progress):
+        pairs = []
+        for it in chunk:
+            ids = engine.text_ids(it["text"], cfg.general_tokens)
+            pairs.append((ids[:1], ids[1:]))
+        for it, (s, n) in zip(chunk, engine.nll(pairs), strict=True):
+            out.emit({"model": out.label, "kind": kind, "id": it["id"], "nll": s / max(1, n), "tokens": n})
