@@ -21,9 +21,9 @@ STEPS, WARMUP = 12, 3
 
 
 def _setup(run_dir: Path):
-    from domain_expert.batching import encode_records, length_grouped_batches
     from domain_expert.config import load_config
     from domain_expert.data.records import read_records
+    from domain_expert.finetune.batching import encode_records, length_grouped_batches
     from domain_expert.models.reference import resolve_model
     from domain_expert.models.tokenizer import load_tokenizer
     from domain_expert.prompts import PromptFormat
@@ -41,8 +41,8 @@ def train_tokens_per_s(run_dir: Path, *, dropout: float, attn: str, max_tokens: 
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from domain_expert.batching import collate, split_by_tokens
-    from domain_expert.losses import causal_lm_loss
+    from domain_expert.finetune.batching import split_by_tokens
+    from domain_expert.likelihood import causal_lm_loss, collate
     from domain_expert.models.loader import load_model
     from domain_expert.provenance import peak_rss_mib
 

@@ -12,8 +12,8 @@ import time
 import torch
 from peft import LoraConfig, get_peft_model
 
-from domain_expert.adapter_precision import MasterWeights
 from domain_expert.config import load_config
+from domain_expert.finetune.adapter_precision import MasterWeights
 from domain_expert.models.loader import load_model
 from domain_expert.models.reference import resolve_model
 

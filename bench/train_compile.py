@@ -14,11 +14,12 @@ import time
 import torch
 from peft import LoraConfig, get_peft_model
 
-from domain_expert import losses
-from domain_expert.adapter_precision import MasterWeights
-from domain_expert.batching import collate, encode_records, length_grouped_batches, split_by_tokens
+from domain_expert import likelihood
 from domain_expert.config import load_config
 from domain_expert.data.records import read_records
+from domain_expert.finetune.adapter_precision import MasterWeights
+from domain_expert.finetune.batching import encode_records, length_grouped_batches, split_by_tokens
+from domain_expert.likelihood import collate
 from domain_expert.models.loader import load_model
 from domain_expert.models.reference import resolve_model
 from domain_expert.models.tokenizer import load_tokenizer
@@ -35,7 +36,7 @@ lc = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=0.0,
                 target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM")  # fmt: skip
 model = get_peft_model(model, lc)
 mw = MasterWeights(model, torch.bfloat16)
-losses.MIN_SHARED_PREFIX = 10**9  # plain path: no cache inside the compiled graph
+likelihood.MIN_SHARED_PREFIX = 10**9  # plain path: no cache inside the compiled graph
 base = model.get_base_model()
 dec = base.get_decoder()
 cdec = torch.compile(dec, dynamic=True)

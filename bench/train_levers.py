@@ -2,17 +2,17 @@
 tokens/s of SmolLM2 + LoRA on the default run's batches (bf16 base), with
 
 - adapters fp32 (PEFT's default on a bf16 base: every adapted layer casts its input to fp32 and back) or bf16
-  (`adapter_precision.MasterWeights`: bf16 copies in the model, the fp32 master in the optimizer);
+  (`finetune/adapter_precision.MasterWeights`: bf16 copies in the model, the fp32 master in the optimizer);
 - the prefix every row of a batch shares (the system prompt) run once per batch or once per row
-  (`losses.shared_prefix_len`).
+  (`likelihood.shared_prefix_len`).
 
 and, on random batches (what `finetune` trains on by default), the batch split into passes of similar lengths vs
 packed rows of 128 / 192 / 256 tokens (`batching.packed_micro_batches`: several examples per row, none attending to
 another, the shared prefix once per row; finetune's `train.pack_row_tokens` is 192), and rows of 192 with the LoRA
-projections that read the same input fused into one product each (`fused_lora.py`, finetune's `train.fuse_lora`).
+projections that read the same input fused into one product each (`finetune/fused_lora.py`, `train.fuse_lora`).
 
-Same batches for every variant of a kind, no optimizer step (the same for all), interleaved rounds so drift hits all
-alike.
+The model, tokenizer and examples come from finetune's own setup (`finetune/setup.py`). Same batches for every
+variant of a kind, no optimizer step (the same for all), interleaved rounds so drift hits all alike.
 
     .venv/bin/python bench/train_levers.py            # needs runs/medical-terms/data (after `make run`)
     .venv/bin/python bench/train_levers.py --batches 12 --rounds 3
@@ -29,24 +29,21 @@ from pathlib import Path
 
 def main() -> None:
     import torch
-    from peft import LoraConfig, get_peft_model
 
-    from domain_expert import fused_lora, losses
-    from domain_expert.adapter_precision import MasterWeights
-    from domain_expert.batching import (
-        collate,
+    from domain_expert import likelihood
+    from domain_expert.config import load_config
+    from domain_expert.finetune.adapter_precision import MasterWeights
+    from domain_expert.finetune.batching import (
         collate_packed,
-        encode_records,
         length_grouped_batches,
         packed_micro_batches,
         split_by_tokens,
     )
-    from domain_expert.config import load_config
-    from domain_expert.data.records import read_records
-    from domain_expert.models.loader import load_model
-    from domain_expert.models.reference import resolve_model
+    from domain_expert.finetune.distributed import Dist
+    from domain_expert.finetune.losses import packed_loss
+    from domain_expert.finetune.setup import load_data, load_lora_model, resolve_base
+    from domain_expert.likelihood import causal_lm_loss, collate
     from domain_expert.models.tokenizer import load_tokenizer
-    from domain_expert.prompts import from_config
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run", nargs="?", default="runs/medical-terms")
@@ -54,12 +51,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
 
-    cfg = load_config("medical-terms")
-    r = resolve_model(cfg.model, progress=False)
+    # lora.dropout 0 (the default config's): projections with dropout never run fused
+    cfgs = {fused: load_config("medical-terms", ["lora.dropout=0", f"train.fuse_lora={str(fused).lower()}"])
+            for fused in (False, True)}  # fmt: skip
+    cfg = cfgs[False]
+    r, kind = resolve_base(cfg, Dist())
     tok = load_tokenizer(r.path)
-    fmt = from_config(cfg.prompt.style, cfg.prompt.system)
-    train, _ = encode_records(read_records(Path(args.run) / "data/train.jsonl"), fmt, tok, cfg.train.max_seq_len)
-    lengths = [len(e.ids) for e in train]
+    examples = load_data(cfg, Path(args.run) / "data", tok)
+    train, lengths = examples.train, examples.lengths
     n_batches = args.batches + 2
     grouped = length_grouped_batches(len(train), lengths, cfg.train.batch_size, 0, 0, window=50)[:n_batches]
     random_ = length_grouped_batches(len(train), lengths, cfg.train.batch_size, 0, 0, window=1)[:n_batches]
@@ -81,7 +80,7 @@ def main() -> None:
             out.append((passes, sum(p.tokens for p in passes)))
         return out
 
-    min_prefix = losses.MIN_SHARED_PREFIX
+    min_prefix = likelihood.MIN_SHARED_PREFIX
     grouped_passes = split(grouped)  # collated once, timed by four variants
     # name: (bf16 adapters, shared prefix, batches, fused projections)
     rows = {n: packed(random_, n) for n in (128, 192, 256)}
@@ -98,23 +97,20 @@ def main() -> None:
     results: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(args.rounds):
         for name, (bf16_adapters, shared, data, fused) in variants.items():
-            model = load_model(r.path, dtype=torch.bfloat16, device="cpu", attn="eager")
-            lc = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=0.0,
-                            target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM")  # fmt: skip
-            model = get_peft_model(model, lc)
+            # finetune's own model: fresh fp32 LoRA adapter, projections fused when train.fuse_lora says so
+            model = load_lora_model(cfgs[fused], r.path, tok, dtype=torch.bfloat16, device="cpu", attn="eager",
+                                    kind=kind)  # fmt: skip
             if bf16_adapters:
-                mw = MasterWeights(model, torch.bfloat16)
-            if fused:
-                fused_lora.fuse(model)
-            losses.MIN_SHARED_PREFIX = min_prefix if shared else 10**9
+                mw = MasterWeights(model, torch.bfloat16)  # as finetune's setup does after fusing
+            likelihood.MIN_SHARED_PREFIX = min_prefix if shared else 10**9
             n, t = 0, 0.0
             for k, (passes, tokens) in enumerate(data):
                 t0 = time.perf_counter()
                 for p in passes:
                     if isinstance(p, tuple):
-                        s, _ = losses.causal_lm_loss(model, *p, reduction="sum")
+                        s, _ = causal_lm_loss(model, *p, reduction="sum")
                     else:
-                        s, _ = losses.packed_loss(model, p)
+                        s, _ = packed_loss(model, p)
                     s.backward()
                 if bf16_adapters:
                     mw.grads_to_master()
@@ -123,7 +119,7 @@ def main() -> None:
                     n += tokens
             results[name].append(n / t)
             print(f"{name:60} {n / t:6.0f} tokens/s", flush=True)
-    losses.MIN_SHARED_PREFIX = min_prefix
+    likelihood.MIN_SHARED_PREFIX = min_prefix
     base = statistics.median(results["grouped: adapters fp32, prefix per row"])
     print("\nmedian over rounds (forward + backward, the examples' non-padding tokens/s):")
     for name, v in results.items():

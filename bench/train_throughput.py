@@ -37,8 +37,8 @@ NAIVE, BASE = "naive Trainer fp32", "base (no adapter)"
 
 
 def _examples(cfg, data_dir: Path, split: str):
-    from domain_expert.batching import encode_records
     from domain_expert.data.records import read_records
+    from domain_expert.finetune.batching import encode_records
     from domain_expert.models.reference import resolve_model
     from domain_expert.models.tokenizer import load_tokenizer
     from domain_expert.prompts import from_config
@@ -62,8 +62,8 @@ def naive_trainer(config: str, overrides: list[str], data_dir: str, out_dir: str
         TrainingArguments,
     )
 
-    from domain_expert.batching import IGNORE
     from domain_expert.config import load_config
+    from domain_expert.likelihood import IGNORE
     from domain_expert.models.reference import resolve_model
     from domain_expert.provenance import peak_rss_mib
 
@@ -160,9 +160,8 @@ def val_losses(config: str, overrides: list[str], data_dir: Path, adapters: dict
     from peft import PeftModel
     from transformers.utils import logging as hf_logging
 
-    from domain_expert.batching import collate
     from domain_expert.config import load_config
-    from domain_expert.losses import causal_lm_loss
+    from domain_expert.likelihood import causal_lm_loss, collate
     from domain_expert.models.loader import load_model
     from domain_expert.models.reference import resolve_model
 

@@ -13,8 +13,8 @@ import pytest
 
 from conftest import tiny_overrides
 from domain_expert.cli import main
-from domain_expert.distributed import Dist, check_fits
 from domain_expert.errors import ConfigError
+from domain_expert.finetune.distributed import Dist, check_fits
 
 
 def _args(model_dir: Path, data: Path, out: Path, **extra: str) -> list[str]:
@@ -82,8 +82,8 @@ def test_check_fits_names_the_limit():
 
 @pytest.mark.parametrize("var", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
 def test_sharded_accelerate_launch_is_refused(var, monkeypatch):
-    from domain_expert import distributed
     from domain_expert.errors import ConfigError
+    from domain_expert.finetune import distributed
 
     monkeypatch.setenv(var, "true")
     monkeypatch.setenv("WORLD_SIZE", "2")

@@ -1,12 +1,12 @@
-"""Fused LoRA projections (fused_lora.py) must compute PEFT's own LoRA: the same loss and adapter gradients, the same
-saved and merged adapter, and PEFT's forward wherever fusing does not apply."""
+"""Fused LoRA projections (finetune/fused_lora.py) must compute PEFT's own LoRA: the same loss and adapter gradients,
+the same saved and merged adapter, and PEFT's forward wherever fusing does not apply."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from domain_expert import fused_lora
+from domain_expert.finetune import fused_lora
 
 ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -126,7 +126,7 @@ def test_trained_while_fused_then_saved_and_merged(tmp_path):
 def test_bf16_adapters_as_close_to_fp32_as_peft():
     """bf16 sums in another order: no element-wise equality, but the fused gradients must be as close to an fp32
     reference (same bf16-rounded base) as PEFT's own bf16 gradients are."""
-    from domain_expert.adapter_precision import MasterWeights
+    from domain_expert.finetune.adapter_precision import MasterWeights
 
     ref_model = _model()
     with torch.no_grad():

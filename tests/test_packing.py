@@ -8,17 +8,16 @@ import random
 import pytest
 import torch
 
-from domain_expert.batching import (
-    Example,
-    collate,
+from domain_expert.data.records import Record
+from domain_expert.finetune.batching import (
     collate_packed,
     common_prefix_len,
     encode_records,
     pack_rows,
     packed_micro_batches,
 )
-from domain_expert.data.records import Record
-from domain_expert.losses import causal_lm_loss, packed_loss
+from domain_expert.finetune.losses import packed_loss
+from domain_expert.likelihood import Example, causal_lm_loss, collate
 from domain_expert.models.tokenizer import load_tokenizer
 from domain_expert.prompts import PromptFormat
 

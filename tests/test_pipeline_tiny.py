@@ -124,9 +124,9 @@ def test_finetune_learns_a_tiny_dataset(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from conftest import tiny_overrides
-    from domain_expert.batching import collate, encode_records
     from domain_expert.data.records import read_records
-    from domain_expert.losses import causal_lm_loss
+    from domain_expert.finetune.batching import encode_records
+    from domain_expert.likelihood import causal_lm_loss, collate
     from domain_expert.models.tokenizer import load_tokenizer
     from domain_expert.prompts import PromptFormat
 

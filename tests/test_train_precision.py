@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from domain_expert import likelihood
-from domain_expert.adapter_precision import MasterWeights
-from domain_expert.batching import IGNORE, collate, encode_records
 from domain_expert.data.records import Record
-from domain_expert.likelihood import causal_lm_loss, sequence_nll, shared_prefix_len
+from domain_expert.finetune.adapter_precision import MasterWeights
+from domain_expert.finetune.batching import encode_records
+from domain_expert.likelihood import IGNORE, causal_lm_loss, collate, sequence_nll, shared_prefix_len
 from domain_expert.models.tokenizer import load_tokenizer
 from domain_expert.prompts import PromptFormat
 

@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from domain_expert.batching import IGNORE, Example, collate, encode_records, length_grouped_batches
 from domain_expert.data.records import Record
-from domain_expert.finetune import lr_factor
-from domain_expert.losses import causal_lm_loss
+from domain_expert.finetune.batching import encode_records, length_grouped_batches
+from domain_expert.finetune.schedule import lr_factor
+from domain_expert.likelihood import IGNORE, Example, causal_lm_loss, collate
 from domain_expert.models.tokenizer import load_tokenizer
 from domain_expert.prompts import PromptFormat
 
@@ -99,7 +99,7 @@ def test_sequence_nll_sums_match_per_sequence_losses(tiny_model_dir, tok):
 
 
 def test_split_by_tokens_bounds_padded_size_and_keeps_every_row():
-    from domain_expert.batching import split_by_tokens
+    from domain_expert.finetune.batching import split_by_tokens
 
     lengths = [10, 200, 50, 256, 30, 120, 90, 5]
     batch = list(range(8))
@@ -118,7 +118,7 @@ def test_split_by_tokens_is_the_cheapest_contiguous_split():
     import itertools
     import random
 
-    from domain_expert.batching import split_by_tokens
+    from domain_expert.finetune.batching import split_by_tokens
 
     rng = random.Random(0)
     for _ in range(40):
@@ -145,7 +145,7 @@ def test_token_split_does_not_change_the_step(tiny_model_dir, tok):
     """Accumulating micro-batches gives the same gradient as one big batch (loss normalised per step)."""
     from transformers import AutoModelForCausalLM
 
-    from domain_expert.batching import split_by_tokens
+    from domain_expert.finetune.batching import split_by_tokens
 
     fmt = PromptFormat("chat", None)
     recs = [Record(str(i), "g", "s", "define", f"What is term {i}?", "An answer " * (i + 1)) for i in range(6)]

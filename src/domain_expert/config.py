@@ -186,7 +186,7 @@ class TrainConfig(_Strict):
     fuse_lora: bool = Field(
         False,
         description="run the LoRA projections that read the same input (q/k/v, gate/up) as one matrix product "
-        "each (fused_lora.py); the same arithmetic, fewer and larger products",
+        "each (finetune/fused_lora.py); the same arithmetic, fewer and larger products",
     )
     seed: int = 0
 

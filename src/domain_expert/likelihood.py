@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 IGNORE = -100
-MIN_SHARED_PREFIX = 8  # below this a shared prefix is not worth a special case (losses.py uses the same bound)
+MIN_SHARED_PREFIX = 8  # below this a shared prefix is not worth a special case (packed rows use the same bound)
 
 
 @dataclass

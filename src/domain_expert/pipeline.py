@@ -6,9 +6,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from domain_expert import checkpoint
 from domain_expert.config import RunConfig, config_differences, dump_config, load_config
 from domain_expert.errors import CheckpointError, RunFolderError
+from domain_expert.finetune import checkpoint
 from domain_expert.fsutil import check_output_dir, write_json_atomic, write_text_atomic
 from domain_expert.provenance import peak_rss_mib
 
@@ -18,7 +18,7 @@ def run(cfg: RunConfig, *, overwrite: bool = False, resume: bool = False) -> Pat
     its last checkpoint, and the stages after it run again."""
     from domain_expert import evaluate, export, finetune, report
     from domain_expert.data import prepare
-    from domain_expert.distributed import launched_world_size
+    from domain_expert.finetune.distributed import launched_world_size
     from domain_expert.models.reference import resolve_model
     from domain_expert.summary import print_verdicts, side_by_side
 

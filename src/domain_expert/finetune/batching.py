@@ -7,7 +7,7 @@ import random
 from dataclasses import dataclass
 
 from domain_expert.data.records import Record
-from domain_expert.likelihood import IGNORE, MIN_SHARED_PREFIX, Example, collate  # noqa: F401 (re-exported for training)
+from domain_expert.likelihood import MIN_SHARED_PREFIX, Example
 from domain_expert.prompts import PromptFormat
 
 

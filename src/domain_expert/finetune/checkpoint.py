@@ -145,6 +145,13 @@ def find_resumable(out_dir: Path, expected: dict, note: Callable[[str], None]) -
         if previous
         else "pass --overwrite instead of --resume to start over"
     )
+    state = _read_state(path, drop_it)
+    _check_settings(path, state, expected)
+    _check_files(path, state, drop_it)
+    return Checkpoint(path, state)
+
+
+def _read_state(path: Path, drop_it: str) -> dict:
     try:
         state = read_json(path / MARKER)
     except (ValueError, UnicodeDecodeError) as e:
@@ -156,6 +163,10 @@ def find_resumable(out_dir: Path, expected: dict, note: Callable[[str], None]) -
             where=str(path),
             fix="pass --overwrite instead of --resume to start over",
         )
+    return state
+
+
+def _check_settings(path: Path, state: dict, expected: dict) -> None:
     problems = config_differences(state["config"], expected["config"], sections=COMPARED, ignore=RESUME_FREE)
     if state["dtype"] != expected["dtype"]:
         problems.append(f"training dtype: checkpoint {state['dtype']}, now {expected['dtype']}")
@@ -171,6 +182,9 @@ def find_resumable(out_dir: Path, expected: dict, note: Callable[[str], None]) -
             fix="resume with the config, model and --data of the interrupted run, "
             "or pass --overwrite instead of --resume to start over",
         )
+
+
+def _check_files(path: Path, state: dict, drop_it: str) -> None:
     for name, digest in state["files"].items():
         f = path / name
         if not f.is_file():
@@ -182,7 +196,6 @@ def find_resumable(out_dir: Path, expected: dict, note: Callable[[str], None]) -
                 where=str(f),
                 fix=drop_it,
             )
-    return Checkpoint(path, state)
 
 
 def restore(ckpt: Checkpoint, model, opt, device: str) -> list[dict]:

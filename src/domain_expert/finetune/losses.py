@@ -4,7 +4,7 @@ Validation, scoring and `train.packing: false` use likelihood.causal_lm_loss (pa
 
 from __future__ import annotations
 
-from domain_expert.likelihood import causal_lm_loss, supports_selective_head  # noqa: F401 (one import for training)
+from domain_expert.likelihood import supports_selective_head
 
 
 def packed_loss(model, pk, *, reduction: str = "sum"):
