@@ -7,8 +7,8 @@ prefill tokens including left padding.
         [--compile] [--kv slots|concat] [--attention auto|written|fused] [--mix on|off] [--out FILE]
 
 `--kv concat` runs the lean decoder's lanes on the concatenating DynamicCache instead of the in-place buffers
-(serve/kv_slots.py), to measure what the buffers gain side by side; `--mix off` prefills arrivals in a pass of their
-own instead of inside their lane's decoding step (LeanDecoder.mixed).
+(serve/decoding/kv_slots.py), to measure what the buffers gain side by side; `--mix off` prefills arrivals in a pass
+of their own instead of inside their lane's decoding step (LeanDecoder.mixed).
 """
 
 from __future__ import annotations

@@ -182,7 +182,7 @@ class BatchScheduler:
         # auto: lean on CPU, where it was measured (bench/serve_decode_cost.py); on GPUs only when asked for
         self.lean = None
         if self.decoder_choice == "lean" or (self.decoder_choice == "auto" and self.device.type == "cpu"):
-            from domain_expert.serve.lean_decoder import LeanDecoder, unsupported
+            from domain_expert.serve.decoding.lean_decoder import LeanDecoder, unsupported
 
             why = unsupported(model)
             if why is None:
@@ -196,7 +196,7 @@ class BatchScheduler:
             if self.lean is None:
                 log.warning("compile needs the lean decoder (Llama-style models, decoder auto or lean): not compiled")
             else:
-                from domain_expert.serve.compiled_step import CompiledStep
+                from domain_expert.serve.decoding.compiled_step import CompiledStep
 
                 self.compiled = CompiledStep(self.lean)
                 log.info("compiled the decoding step in %.0f s", self.compiled.warm_up())
@@ -451,7 +451,7 @@ class BatchScheduler:
 
         if not lane.rows:
             if self.slots:
-                from domain_expert.serve.kv_slots import SlotKV
+                from domain_expert.serve.decoding.kv_slots import SlotKV
 
                 cache = SlotKV([(layer.keys, layer.values) for layer in cache.layers])
             lane.rows, lane.cache, lane.mask, lane.lengths = list(seqs), cache, mask, lengths
