@@ -116,7 +116,7 @@ def test_base_lane_delta_gives_the_base_model():
     """A merged LoRA model with `subtract=True` computes the base; without, the tuned model (the unmerged PEFT one)."""
     from peft import LoraConfig, get_peft_model
 
-    from domain_expert.serve.decoding.batcher import LoraDelta
+    from domain_expert.serve.decoding.lora_delta import LoraDelta
 
     model = _model()
     peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj",

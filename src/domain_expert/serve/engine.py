@@ -245,7 +245,7 @@ class TransformersEngine(ChatEngine):
         )
 
     def _build(self, lm) -> dict:
-        from domain_expert.serve.decoding.batcher import LoraDelta
+        from domain_expert.serve.decoding.lora_delta import LoraDelta
 
         self.lm = lm
         self.tokenizer, self.fmt, self.has_base = lm.tokenizer, lm.fmt, lm.has_adapter
@@ -297,7 +297,7 @@ class TransformersEngine(ChatEngine):
 
     async def _events(self, request: GenerationRequest, state: dict):
         """Admit, submit, then yield the scheduler's (kind, payload) events; always releases and cancels."""
-        from domain_expert.serve.decoding.batcher import BASE, TUNED, Sequence
+        from domain_expert.serve.decoding.lanes import BASE, TUNED, Sequence
 
         base = self._is_base(request.model)
         self.admission.admit()
