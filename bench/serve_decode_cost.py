@@ -1,5 +1,5 @@
 """One decoding step and one prefill of the serving engine, through the transformers forward + head vs the lean
-decoder + its head (serve/lean_decoder.py), side by side on the run's merged model: ms per step at 1, 4 and 16
+decoder + its head (serve/decoding/lean_decoder.py), side by side on the run's merged model: ms per step at 1, 4 and 16
 rows, and the ratio.
 
 Same inputs for both: rows of a 100-token cached context (left-padded to mixed lengths, as the engine's lanes are),
@@ -13,7 +13,7 @@ drift hits both alike.
 weights, bf16 or the run's dtype) at 1 to 256 rows: ms per pass over all layers and GFLOP/s, the cost a decoding step
 and a prefill share when they run in one pass (LeanDecoder.mixed).
 
-`--frozen` adds `serve --compile`'s decoding step (serve/compiled_step.py: compiled with the weights frozen as
+`--frozen` adds `serve --compile`'s decoding step (serve/decoding/compiled_step.py: compiled with the weights frozen as
 constants; its compilation time is reported). `--compile` adds the lean decoding step under
 `torch.compile(dynamic=True)` with the weights as graph inputs (prefills stay eager). Inductor cannot
 take the oneDNN-packed weights as graph inputs, so the compiled step runs plain weights; the table then also shows
@@ -37,7 +37,7 @@ def main() -> None:
     from domain_expert.fsutil import write_json_atomic
     from domain_expert.hardware import cpu_summary
     from domain_expert.models.loader import load_for_inference
-    from domain_expert.serve.lean_decoder import LeanDecoder
+    from domain_expert.serve.decoding.lean_decoder import LeanDecoder
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run", nargs="?", default="runs/medical-terms")
@@ -136,7 +136,7 @@ def main() -> None:
 
         paths["lean compiled"], heads["lean compiled"] = compiled, plain.logits
     if args.frozen:
-        from domain_expert.serve.compiled_step import CompiledStep
+        from domain_expert.serve.decoding.compiled_step import CompiledStep
 
         frozen = CompiledStep(lean)
         compile_s["warm-up (one row and several)"] = frozen.warm_up()

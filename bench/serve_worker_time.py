@@ -7,8 +7,8 @@ prefill tokens including left padding.
         [--compile] [--kv slots|concat] [--attention auto|written|fused] [--mix on|off] [--out FILE]
 
 `--kv concat` runs the lean decoder's lanes on the concatenating DynamicCache instead of the in-place buffers
-(serve/kv_slots.py), to measure what the buffers gain side by side; `--mix off` prefills arrivals in a pass of their
-own instead of inside their lane's decoding step (LeanDecoder.mixed).
+(serve/decoding/kv_slots.py), to measure what the buffers gain side by side; `--mix off` prefills arrivals in a pass
+of their own instead of inside their lane's decoding step (LeanDecoder.mixed).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ def main() -> None:
     from domain_expert.fsutil import write_json_atomic
     from domain_expert.hardware import cpu_summary
     from domain_expert.models.loader import load_for_inference
+    from domain_expert.serve.decoding import batcher
     from domain_expert.serve.engine import GenerationRequest, TransformersEngine
 
     sys.path.insert(0, str(Path(__file__).parent))
@@ -97,7 +98,7 @@ def main() -> None:
         return timed("mixed forward", forward_mixed)(lane, step, prefill)
 
     sched._forward_mixed = counted_mixed
-    sched._sample = timed("sampling", sched._sample)
+    batcher.sample = timed("sampling", batcher.sample)  # a module function the scheduler calls by its global name
     sched._append = timed("emit + drop rows", sched._append)
 
     async def client(i: int, until: float, tokens: list[int]) -> None:

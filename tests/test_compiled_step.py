@@ -1,12 +1,13 @@
-"""`serve --compile`: the lean decoder's decoding step under torch.compile with frozen weights (serve/compiled_step.py)
-gives the eager lean decoder's logits and grows the cache alike, for one row and several (fp32 tiny Llama)."""
+"""`serve --compile`: the lean decoder's decoding step under torch.compile with frozen weights
+(serve/decoding/compiled_step.py) gives the eager lean decoder's logits and grows the cache alike, for one row and
+several (fp32 tiny Llama)."""
 
 from __future__ import annotations
 
 import torch
 
-from domain_expert.serve.compiled_step import CompiledStep
-from domain_expert.serve.lean_decoder import LeanDecoder
+from domain_expert.serve.decoding.compiled_step import CompiledStep
+from domain_expert.serve.decoding.lean_decoder import LeanDecoder
 from test_lean_decoder import _left_padded, _model
 
 

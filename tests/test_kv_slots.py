@@ -1,11 +1,11 @@
-"""serve/kv_slots.py: the in-place key/value buffers hold what the concatenating cache holds, step by step."""
+"""serve/decoding/kv_slots.py: the in-place key/value buffers hold what the concatenating cache holds, step by step."""
 
 import random
 
 import pytest
 import torch
 
-from domain_expert.serve.kv_slots import SlotKV
+from domain_expert.serve.decoding.kv_slots import SlotKV
 
 LAYERS, HEADS, DIM = 3, 2, 4
 

@@ -1,13 +1,14 @@
-"""The serving engine's lean decoder (serve/lean_decoder.py) must compute what the transformers forward computes:
-left-padded prefills, prefix-cached prefills and decoding steps, with and without the base lane's LoRA delta; models
-it cannot run exactly are refused with the reason. (tests/test_serve_batching.py runs it inside the engine.)"""
+"""The serving engine's lean decoder (serve/decoding/lean_decoder.py) must compute what the transformers forward
+computes: left-padded prefills, prefix-cached prefills and decoding steps, with and without the base lane's LoRA
+delta; models it cannot run exactly are refused with the reason. (tests/test_serve_batching.py runs it inside the
+engine.)"""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from domain_expert.serve.lean_decoder import LeanDecoder, unsupported
+from domain_expert.serve.decoding.lean_decoder import LeanDecoder, unsupported
 
 
 def _model(bias=False, seed=0, rope=None):
@@ -71,7 +72,7 @@ LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 1000.0, "factor": 8.0, "low_
 def test_prefill_and_decoding_equal_transformers(bias, attention, rope, monkeypatch):
     """Attention written out and through the fused kernel (the CPU probe's two choices; GPUs and long prompts always
     take the fused kernel) alike; Llama 3's rotary scaling (frequencies fixed at load) too."""
-    from domain_expert.serve import lean_decoder
+    from domain_expert.serve.decoding import lean_decoder
 
     if attention == "too long to write out":  # written out asked for, but the scores exceed the limit
         monkeypatch.setattr(lean_decoder, "WRITTEN_OUT_MAX_SCORES", 0)
@@ -115,7 +116,7 @@ def test_base_lane_delta_gives_the_base_model():
     """A merged LoRA model with `subtract=True` computes the base; without, the tuned model (the unmerged PEFT one)."""
     from peft import LoraConfig, get_peft_model
 
-    from domain_expert.serve.batcher import LoraDelta
+    from domain_expert.serve.decoding.lora_delta import LoraDelta
 
     model = _model()
     peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj",
@@ -208,7 +209,7 @@ def test_prepacked_weights_give_the_plain_results(dtype):
 
 def test_attention_probe_picks_the_faster_and_bad_choices_are_refused(monkeypatch):
     """On CPU, attention="auto" takes what `probe_attention` measured to be faster; an unknown choice is an error."""
-    from domain_expert.serve import lean_decoder
+    from domain_expert.serve.decoding import lean_decoder
 
     choice, timings = lean_decoder.probe_attention(4, 2, 8, torch.float32, rounds=1, calls=2)
     assert set(timings) == {"written", "fused"} and all(t > 0 for t in timings.values())

@@ -6,13 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from domain_expert.serve.app import (
-    DEFAULT_MAX_BODY_BYTES,
-    DEFAULT_MAX_PROMPT_TOKENS,
-    DEFAULT_MAX_TOKENS_LIMIT,
-    create_app,
-)
+from domain_expert.serve.app import create_app
 from domain_expert.serve.engine import Engine, GenerationRequest, GenerationResult, TransformersEngine
+from domain_expert.serve.schemas import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PROMPT_TOKENS, DEFAULT_MAX_TOKENS_LIMIT
 
 __all__ = ["Engine", "GenerationRequest", "GenerationResult", "TransformersEngine", "create_app", "serve", "model_name"]
 

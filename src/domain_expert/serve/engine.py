@@ -4,7 +4,7 @@ An `Engine` turns a validated `GenerationRequest` (a conversation, the sampling 
 stream of deltas. The HTTP layer (app.py) only talks to this protocol, so a continuous-batching or vLLM engine can
 replace `TransformersEngine` later without touching the routes.
 
-`TransformersEngine` batches concurrent requests continuously on one worker thread (serve/batcher.py): up to
+`TransformersEngine` batches concurrent requests continuously on one worker thread (serve/decoding/batcher.py): up to
 `max_batch` generate together, up to `max_queue` more wait, and one beyond that is refused with `QueueFullError`
 (HTTP 429). It serves the tuned model as `<name>` and, for a LoRA run, the base as `<name>:base` (the adapter's
 delta subtracted for those rows): one copy of the weights.
@@ -212,7 +212,7 @@ class LoopMailbox:
 
 
 class TransformersEngine(ChatEngine):
-    """Serves a LoadedModel (models.loader.load_for_inference) with continuous batching (serve/batcher.py)."""
+    """Serves a LoadedModel (models.loader.load_for_inference) with continuous batching (serve/decoding/batcher.py)."""
 
     def __init__(
         self,
@@ -227,7 +227,7 @@ class TransformersEngine(ChatEngine):
     ):
         """`lm`: a LoadedModel, or a function returning one, which is then called on the scheduler's thread (faster
         on CPU: see BatchScheduler). The engine owns the model: it merges the adapter into the weights."""
-        from domain_expert.serve.batcher import BatchScheduler
+        from domain_expert.serve.decoding.batcher import BatchScheduler
 
         self.name = name
         self.max_batch = max_batch
@@ -245,7 +245,7 @@ class TransformersEngine(ChatEngine):
         )
 
     def _build(self, lm) -> dict:
-        from domain_expert.serve.batcher import LoraDelta
+        from domain_expert.serve.decoding.lora_delta import LoraDelta
 
         self.lm = lm
         self.tokenizer, self.fmt, self.has_base = lm.tokenizer, lm.fmt, lm.has_adapter
@@ -297,7 +297,7 @@ class TransformersEngine(ChatEngine):
 
     async def _events(self, request: GenerationRequest, state: dict):
         """Admit, submit, then yield the scheduler's (kind, payload) events; always releases and cancels."""
-        from domain_expert.serve.batcher import BASE, TUNED, Sequence
+        from domain_expert.serve.decoding.lanes import BASE, TUNED, Sequence
 
         base = self._is_base(request.model)
         self.admission.admit()

@@ -25,6 +25,10 @@ run the lean step compiled with frozen weights (compiled_step.py).
 Thread model: `submit` is called from the server's event loop; everything touching the model runs on the worker
 thread; results go back through each sequence's `emit` callback (which must be thread-safe; it may queue events
 until the scheduler calls `flush`, which it does after each prefill group, decoding step and pass of its loop).
+
+The scheduling is here; the pieces it works with beside it: lanes.py (a sequence, a lane's rows and their cache as
+rows join and leave), prefill.py (a prefill group's inputs, the shared prefix), sampling.py (the next token, the
+log-probabilities asked for), lora_delta.py (the base lane's delta as forward hooks).
 """
 
 from __future__ import annotations
@@ -35,86 +39,13 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from domain_expert.models.compat import cache_kwarg
+from domain_expert.serve.decoding.lanes import BASE, TUNED, Lane, Sequence
+from domain_expert.serve.decoding.prefill import prefill_inputs, split_prefix
+from domain_expert.serve.decoding.sampling import emit_prompt_logprobs, sample
 
 log = logging.getLogger(__name__)
-
-TUNED, BASE = "tuned", "base"
-
-
-@dataclass
-class Sequence:
-    """One completion being generated. `emit(kind, payload)` is called from the worker thread:
-    ("prompt_logprobs", list) once if asked, ("token", (id, logprob_info|None)) per token, ("done", reason) last, or
-    ("error", message)."""
-
-    prompt_ids: list[int]
-    max_new_tokens: int
-    emit: Callable[[str, object], None]
-    lane: str = TUNED
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int | None = None
-    logprobs: int | None = None  # top-k alternatives per generated token (0: only the chosen token's)
-    prompt_logprobs: bool = False
-    cancel: threading.Event = field(default_factory=threading.Event)
-    # worker state
-    generated: int = 0
-    generator: object = None
-    enqueued_at: float = field(default_factory=time.monotonic)
-
-
-class _Lane:
-    def __init__(self, name: str):
-        self.name = name
-        self.rows: list[Sequence] = []
-        self.cache = None  # DynamicCache, batch dim aligned with rows
-        self.mask = None  # [rows, time] long, 1 = real token
-        self.lengths = None  # [rows] real tokens per row (next position id)
-        self.last = None  # [rows] last sampled token
-        self.prefix_kv = None  # the shared prefix's [(keys, values)] per layer, computed on first use
-        self.pending: list = []  # admitted sequences to prefill inside the lane's next decoding step
-
-
-class LoraDelta:
-    """The LoRA delta of a PEFT model whose adapter was merged into the weights: while `subtracting()` is active, every
-    adapted Linear returns base_out - scale * B(A(dropout-free x)), i.e. the base model's output."""
-
-    def __init__(self, peft_model):
-        name = peft_model.active_adapter
-        self.parts = []  # (LoRA-wrapped Linear, A weight, B weight, scaling)
-        for module in peft_model.modules():
-            if hasattr(module, "lora_A") and hasattr(module, "base_layer") and name in module.lora_A:
-                a = module.lora_A[name].weight.detach().clone()
-                b = module.lora_B[name].weight.detach().clone()
-                self.parts.append((module, a, b, module.scaling[name]))
-        if not self.parts:
-            raise ValueError("no LoRA layers found: only LoRA adapters can be served with their base")
-
-    def bind(self, merged_model) -> None:
-        """After merge_and_unload: point at the plain Linear layers that replaced the LoRA wrappers."""
-        self.parts = [(m.get_base_layer(), a, b, s) for m, a, b, s in self.parts]
-
-    @contextlib.contextmanager
-    def subtracting(self):
-        handles = []
-
-        def make_hook(a, b, s):
-            def hook(module, inputs, output):
-                x = inputs[0]
-                return output - s * ((x.to(a.dtype) @ a.T) @ b.T).to(output.dtype)
-
-            return hook
-
-        try:
-            for linear, a, b, s in self.parts:
-                handles.append(linear.register_forward_hook(make_hook(a, b, s)))
-            yield
-        finally:
-            for h in handles:
-                h.remove()
 
 
 class BatchScheduler:
@@ -156,7 +87,7 @@ class BatchScheduler:
         self.flush = flush or (lambda: None)
         self.inbox: queue.Queue = queue.Queue()
         self.waiting: list[Sequence] = []
-        self.lanes = {TUNED: _Lane(TUNED), BASE: _Lane(BASE)}
+        self.lanes = {TUNED: Lane(TUNED), BASE: Lane(BASE)}
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._build, self._build_error = build, None
@@ -182,7 +113,7 @@ class BatchScheduler:
         # auto: lean on CPU, where it was measured (bench/serve_decode_cost.py); on GPUs only when asked for
         self.lean = None
         if self.decoder_choice == "lean" or (self.decoder_choice == "auto" and self.device.type == "cpu"):
-            from domain_expert.serve.lean_decoder import LeanDecoder, unsupported
+            from domain_expert.serve.decoding.lean_decoder import LeanDecoder, unsupported
 
             why = unsupported(model)
             if why is None:
@@ -196,7 +127,7 @@ class BatchScheduler:
             if self.lean is None:
                 log.warning("compile needs the lean decoder (Llama-style models, decoder auto or lean): not compiled")
             else:
-                from domain_expert.serve.compiled_step import CompiledStep
+                from domain_expert.serve.decoding.compiled_step import CompiledStep
 
                 self.compiled = CompiledStep(self.lean)
                 log.info("compiled the decoding step in %.0f s", self.compiled.warm_up())
@@ -262,14 +193,14 @@ class BatchScheduler:
     def _fail_all(self, message: str) -> None:
         seqs = [seq for lane in self.lanes.values() for seq in lane.rows + lane.pending] + self.waiting
         for lane in self.lanes.values():
-            lane.rows, lane.cache, lane.mask, lane.lengths, lane.last = [], None, None, None, None
+            lane.clear()
             lane.pending = []
         self.waiting = []
         for seq in seqs:
             with contextlib.suppress(Exception):
                 seq.emit("error", message)
 
-    def _lane_context(self, lane: _Lane):
+    def _lane_context(self, lane: Lane):
         return self.base_delta.subtracting() if lane.name == BASE else contextlib.nullcontext()
 
     def _admit(self) -> None:
@@ -300,7 +231,7 @@ class BatchScheduler:
             lane = self.lanes[name]
             if lane.rows and self.mix_prefill and self.slots:
                 # prefix-cached prompts go with the lane's decoding step, next in this pass of the loop (_decode)
-                lane.pending, seqs = self._split_prefix(seqs)
+                lane.pending, seqs = split_prefix(seqs, self.prefix)
             if seqs:
                 self._prefill(lane, seqs)
 
@@ -310,24 +241,14 @@ class BatchScheduler:
             return True
         return False
 
-    def _split_prefix(self, seqs: list[Sequence]) -> tuple[list, list]:
-        """(sequences whose prompts extend the shared prefix, the others): the prefix serves prompts that extend it,
-        unless every prompt token's log-prob is asked."""
-        p = len(self.prefix)
-        cached, rest = [], []
-        for s in seqs:
-            use = p and not s.prompt_logprobs and len(s.prompt_ids) > p and tuple(s.prompt_ids[:p]) == self.prefix
-            (cached if use else rest).append(s)
-        return cached, rest
-
-    def _prefill(self, lane: _Lane, seqs: list[Sequence]) -> None:
-        cached, rest = self._split_prefix(seqs)
+    def _prefill(self, lane: Lane, seqs: list[Sequence]) -> None:
+        cached, rest = split_prefix(seqs, self.prefix)
         if cached:
             self._prefill_group(lane, cached, self._prefix_kv(lane))
         if rest:
             self._prefill_group(lane, rest, None)
 
-    def _prefix_kv(self, lane: _Lane) -> list:
+    def _prefix_kv(self, lane: Lane) -> list:
         """The shared prompt prefix's keys/values for this lane ([1, heads, P, dim] per layer), computed once."""
         import torch
         from transformers import DynamicCache
@@ -339,53 +260,28 @@ class BatchScheduler:
             lane.prefix_kv = [(layer.keys, layer.values) for layer in cache.layers]
         return lane.prefix_kv
 
-    def _prefill_group(self, lane: _Lane, seqs: list[Sequence], prefix_kv) -> None:
+    def _prefill_group(self, lane: Lane, seqs: list[Sequence], prefix_kv) -> None:
         """Prefill `seqs` together (left-padded) and join them to the lane. With `prefix_kv`, every prompt starts with
         the shared prefix: only the rest is computed, attending to the prefix's cached keys/values (rows then look
         like [prefix][padding][rest of the prompt], the padding masked)."""
-        ids, full_mask, positions, cache = self._prefill_inputs(seqs, prefix_kv)
+        ids, full_mask, positions, cache = prefill_inputs(seqs, self.pad_id, self.prefix, prefix_kv)
         want_prompt = any(s.prompt_logprobs for s in seqs)
         logits = self._forward(lane, ids, full_mask, positions, cache, all_positions=want_prompt)
         if want_prompt:
-            self._emit_prompt_logprobs(seqs, ids, logits, ids.shape[1])
+            emit_prompt_logprobs(seqs, ids, logits, ids.shape[1])
         self._join_prefilled(lane, seqs, cache, full_mask, logits[:, -1, :])
 
-    def _prefill_inputs(self, seqs: list[Sequence], prefix_kv) -> tuple:
-        """(ids, mask, positions, cache) of a prefill group: prompts left-padded, after the shared prefix's cached
-        keys/values when `prefix_kv` is given."""
-        import torch
-        from transformers import DynamicCache
-
-        skip = len(self.prefix) if prefix_kv is not None else 0
-        prompts = [s.prompt_ids[skip:] for s in seqs]
-        width = max(len(x) for x in prompts)
-        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, x in enumerate(prompts):
-            ids[i, width - len(x) :] = torch.tensor(x)
-            mask[i, width - len(x) :] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0) + skip
-        if prefix_kv is not None:
-            rows = len(seqs)
-            cache = DynamicCache(
-                ddp_cache_data=[(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in prefix_kv]
-            )
-            full_mask = torch.cat([torch.ones((rows, skip), dtype=torch.long), mask], dim=1)
-        else:
-            cache, full_mask = DynamicCache(), mask
-        return ids, full_mask, positions, cache
-
-    def _join_prefilled(self, lane: _Lane, seqs: list[Sequence], cache, mask, last_logits) -> None:
+    def _join_prefilled(self, lane: Lane, seqs: list[Sequence], cache, mask, last_logits) -> None:
         """Join a prefilled group to its lane and emit each new row's first token (from `last_logits`, the prefill's
         last position)."""
         for layer in cache.layers:  # the join/trim edits these tensors directly
             if type(layer).__name__ != "DynamicLayer":
                 raise RuntimeError(f"cache layer {type(layer).__name__} is not supported by the batching engine")
-        self._join(lane, seqs, cache, mask, mask.sum(-1))
-        first = self._sample(seqs, last_logits)
+        lane.join(seqs, cache, mask, mask.sum(-1), slots=self.slots)
+        first = sample(seqs, last_logits)
         self._append(lane, first, start=len(lane.rows) - len(seqs))
 
-    def _forward(self, lane: _Lane, ids, mask, positions, cache, all_positions: bool = False):
+    def _forward(self, lane: Lane, ids, mask, positions, cache, all_positions: bool = False):
         """Logits (float32, [rows, positions or 1, vocab]). The decoder and the head are called separately: through
         the full model, `logits_to_keep=1` hands the head a strided [rows, 1, hidden] view, which on CPU goes through
         a batched matmul that copies the whole (tied, transposed) embedding matrix every call: ~230 ms of a 300 ms
@@ -412,7 +308,7 @@ class BatchScheduler:
         logits = self.lean.logits(flat) if self.lean is not None else self.head(flat).float()
         return logits.reshape(rows, t, -1)
 
-    def _forward_mixed(self, lane: _Lane, step: tuple, prefill: tuple):
+    def _forward_mixed(self, lane: Lane, step: tuple, prefill: tuple):
         """A decoding step and a prefill group of the same lane in one pass (LeanDecoder.mixed), each part's inputs
         as `_forward` takes them: (the step's logits [rows, vocab], the prefill's last-position logits)."""
         import torch
@@ -423,62 +319,7 @@ class BatchScheduler:
         logits = self.lean.logits(torch.cat([hidden_step[:, -1], hidden_prefill[:, -1]]).contiguous())
         return logits[:rows], logits[rows:]
 
-    def _emit_prompt_logprobs(self, seqs, ids, logits, width) -> None:
-        import torch
-
-        logp = torch.log_softmax(logits[:, :-1, :], dim=-1)
-        chosen = logp.gather(-1, ids[:, 1:, None].to(logp.device))[..., 0]
-        for i, s in enumerate(seqs):
-            if not s.prompt_logprobs:
-                continue
-            n = len(s.prompt_ids)
-            start = width - n
-            rows = []
-            for t in range(start, width):
-                if t == start:
-                    rows.append(None)  # the first token has no context to be predicted from
-                    continue
-                lp = float(chosen[i, t - 1])
-                top = None
-                if s.logprobs:
-                    v, k = logp[i, t - 1].topk(s.logprobs)
-                    top = list(zip(k.tolist(), v.tolist(), strict=True))
-                rows.append((int(ids[i, t]), lp, top))
-            s.emit("prompt_logprobs", rows)
-
-    def _join(self, lane: _Lane, seqs, cache, mask, lengths) -> None:
-        import torch
-
-        if not lane.rows:
-            if self.slots:
-                from domain_expert.serve.kv_slots import SlotKV
-
-                cache = SlotKV([(layer.keys, layer.values) for layer in cache.layers])
-            lane.rows, lane.cache, lane.mask, lane.lengths = list(seqs), cache, mask, lengths
-            lane.last = torch.zeros(len(seqs), dtype=torch.long)
-            return
-        t_old, t_new = lane.mask.shape[1], mask.shape[1]
-        width = max(t_old, t_new)
-
-        def pad_left(x, t, dim):
-            if t == width:
-                return x
-            shape = list(x.shape)
-            shape[dim] = width - t
-            return torch.cat([x.new_zeros(shape), x], dim=dim)
-
-        if self.slots:  # written into the buffers' next rows, right-aligned; the window widens as the mask does
-            lane.cache.join([(layer.keys, layer.values) for layer in cache.layers])
-        else:
-            for old, new in zip(lane.cache.layers, cache.layers, strict=True):
-                old.keys = torch.cat([pad_left(old.keys, t_old, 2), pad_left(new.keys, t_new, 2)], dim=0)
-                old.values = torch.cat([pad_left(old.values, t_old, 2), pad_left(new.values, t_new, 2)], dim=0)
-        lane.mask = torch.cat([pad_left(lane.mask, t_old, 1), pad_left(mask, t_new, 1)], dim=0)
-        lane.lengths = torch.cat([lane.lengths, lengths])
-        lane.last = torch.cat([lane.last, torch.zeros(len(seqs), dtype=torch.long)])
-        lane.rows.extend(seqs)
-
-    def _decode(self, lane: _Lane) -> None:
+    def _decode(self, lane: Lane) -> None:
         import torch
 
         started = time.perf_counter()
@@ -488,13 +329,13 @@ class BatchScheduler:
             lane.cache.reserve(1)
         step = (lane.last[:, None], lane.mask, lane.lengths[:, None], lane.cache)
         if pending:  # the arrivals' prefill in the same pass (_admit): their keys/values in a cache of their own
-            prefill = self._prefill_inputs(pending, self._prefix_kv(lane))
+            prefill = prefill_inputs(pending, self.pad_id, self.prefix, self._prefix_kv(lane))
             logits, first_logits = self._forward_mixed(lane, step, prefill)
             _, prefill_mask, _, prefill_cache = prefill
         else:
             logits = self._forward(lane, *step)[:, -1, :]
         lane.lengths = lane.lengths + 1
-        tokens = self._sample(lane.rows, logits)
+        tokens = sample(lane.rows, logits)
         rows = len(lane.rows)
         self._append(lane, tokens, start=0)
         if pending:  # joined after the step's finished rows left, as a separate prefill would have been
@@ -502,41 +343,7 @@ class BatchScheduler:
         if self.on_step is not None:
             self.on_step({"lane": lane.name, "rows": rows, "seconds": time.perf_counter() - started})
 
-    def _sample(self, seqs: list[Sequence], logits):
-        """One token per row, each row with its own settings; returns [(id, logprob_info|None)]."""
-        import torch
-
-        # max(-1).indices: the same first-maximum index as argmax, ~3x faster on CPU here (160 vs 490 us for 16 rows
-        # of SmolLM2's 49k-token vocabulary); one list conversion, not one tensor read per row
-        picks = logits.max(-1).indices.tolist()
-        need_logp = any(s.logprobs is not None for s in seqs)
-        if not need_logp and all(s.temperature <= 0 for s in seqs):  # all greedy: the common case under load
-            return [(token, None) for token in picks]
-        logp = torch.log_softmax(logits, dim=-1) if need_logp else None
-        out = []
-        for i, s in enumerate(seqs):
-            token = picks[i]
-            if s.temperature > 0:
-                if s.generator is None:
-                    s.generator = torch.Generator(device="cpu")
-                    s.generator.manual_seed(s.seed if s.seed is not None else torch.seed())
-                probs = torch.softmax(logits[i].cpu() / s.temperature, dim=-1)
-                if s.top_p < 1.0:
-                    sorted_p, order = probs.sort(descending=True)
-                    keep = sorted_p.cumsum(-1) - sorted_p < s.top_p  # always keeps the most likely token
-                    probs = torch.zeros_like(probs).scatter_(0, order[keep], sorted_p[keep])
-                token = int(torch.multinomial(probs, 1, generator=s.generator))
-            info = None
-            if logp is not None and s.logprobs is not None:
-                top = []
-                if s.logprobs > 0:
-                    v, k = logp[i].topk(s.logprobs)
-                    top = list(zip(k.tolist(), v.tolist(), strict=True))
-                info = (float(logp[i, token]), top)
-            out.append((token, info))
-        return out
-
-    def _append(self, lane: _Lane, tokens, start: int) -> None:
+    def _append(self, lane: Lane, tokens, start: int) -> None:
         """Record sampled tokens for rows start.., emit them, and drop the rows that are finished."""
         import torch
 
@@ -566,24 +373,4 @@ class BatchScheduler:
                     seq.emit("token", (token, info))  # the EOS is counted (usage), never shown as text
                 seq.emit("done", finished)
         self.flush()  # the tokens reach their clients now, before the cache bookkeeping below
-        if len(keep) == len(lane.rows):
-            return
-        if not keep:
-            lane.rows, lane.cache, lane.mask, lane.lengths, lane.last = [], None, None, None, None
-            return
-        if self.slots:  # holes filled from the end of the batch (kv_slots.py): the rows' order changes alike
-            keep = lane.cache.keep(keep)
-        index = torch.tensor(keep, dtype=torch.long)
-        dev_index = index.to(self.device)
-        lane.rows = [lane.rows[i] for i in keep]
-        lane.mask, lane.lengths, lane.last = lane.mask[index], lane.lengths[index], lane.last[index]
-        # columns that are padding in every remaining row cost attention time for nothing
-        lead = int((lane.mask.cumsum(1) == 0).all(0).sum())
-        if lead:
-            lane.mask = lane.mask[:, lead:].contiguous()
-        if self.slots:
-            lane.cache.trim(lead)
-            return
-        for layer in lane.cache.layers:  # sliced first, so that the selected rows come out contiguous
-            layer.keys = layer.keys[:, :, lead:].index_select(0, dev_index)
-            layer.values = layer.values[:, :, lead:].index_select(0, dev_index)
+        lane.keep_rows(keep, slots=self.slots, device=self.device)

@@ -160,7 +160,7 @@ def _prepack(weights) -> dict:
 
 
 class LeanDecoder:
-    """The decoder of a (merged) Llama-style model as one lean function; `delta` (batcher.LoraDelta, already bound to
+    """The decoder of a (merged) Llama-style model as one lean function; `delta` (lora_delta.LoraDelta, already bound to
     the merged model) enables `subtract=True`, the base model's output."""
 
     def __init__(self, model, delta=None, attention: str = "auto") -> None:

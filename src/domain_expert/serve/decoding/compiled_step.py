@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 
-from domain_expert.serve.lean_decoder import _additive, _Layer
+from domain_expert.serve.decoding.lean_decoder import _additive, _Layer
 
 log = logging.getLogger(__name__)
 

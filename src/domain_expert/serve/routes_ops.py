@@ -1,0 +1,23 @@
+"""Operations routes: GET /health (liveness, open without a key) and GET /metrics (Prometheus text format)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+from domain_expert.serve.metrics import ServerMetrics
+
+
+def ops_router(metrics: ServerMetrics) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @router.get("/metrics")
+    async def prometheus_metrics():
+        data, content_type = metrics.render()
+        return Response(data, media_type=content_type)
+
+    return router
