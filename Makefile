@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: setup setup-test run test lint clean
+.PHONY: setup setup-test run test test-slow lint clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -28,6 +28,10 @@ run: setup
 
 test: setup-test
 	$(BIN)/python -m pytest -q
+
+# the tests kept out of the default run (torch.compile, benchmark end to end): ~5 more minutes on 2 cores
+test-slow: setup-test
+	$(BIN)/python -m pytest -q -m slow
 
 lint: setup-test
 	$(BIN)/ruff check src tests

@@ -106,6 +106,11 @@ def test_existing_run_folder_is_refused_unless_overwrite(tmp_path, tiny_args, ca
 
 def test_hub_model_offline_is_a_clear_error(tmp_path, tiny_args, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # huggingface_hub reads the variable when imported (earlier tests did): set its constant too, or the test waits
+    # ~20 s on connection retries instead of testing the offline message
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     code, err = _run_cli(["finetune", *tiny_args(), "model=someone/no-such-model"], capsys)
     assert code == 2 and "someone/no-such-model" in err and "local folder" in err
 

@@ -4,6 +4,7 @@ several (fp32 tiny Llama)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from domain_expert.serve.decoding.compiled_step import CompiledStep
@@ -11,6 +12,7 @@ from domain_expert.serve.decoding.lean_decoder import LeanDecoder
 from test_lean_decoder import _left_padded, _model
 
 
+@pytest.mark.slow  # torch.compile: ~2-3 min on 2 cores
 def test_compiled_step_equals_the_eager_lean_step():
     from transformers import DynamicCache
 

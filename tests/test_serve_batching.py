@@ -118,6 +118,7 @@ def test_lean_and_transformers_forward_answer_alike(engine_and_ref, tiny_tuned):
         other.close()
 
 
+@pytest.mark.slow  # torch.compile of the decoding step: ~40 s
 def test_compiled_decoding_steps_answer_alike(engine_and_ref, tiny_tuned):
     """`serve --compile`: the tuned lane's decoding steps go through the compiled step (compiled before the engine
     is ready), the base lane's stay eager, and both lanes answer as the eager engine does, batched."""

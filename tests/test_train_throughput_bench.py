@@ -6,9 +6,12 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "train_throughput.py"
 
 
+@pytest.mark.slow  # trains both benchmark rows: ~1.5 min
 def test_naive_and_finetune_rows_with_shared_val_loss(tiny_tuned, tiny_model_dir, tmp_path):
     spec = importlib.util.spec_from_file_location("train_throughput", BENCH)
     mod = importlib.util.module_from_spec(spec)
