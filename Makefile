@@ -29,7 +29,7 @@ run: setup
 test: setup-test
 	$(BIN)/python -m pytest -q
 
-# the tests kept out of the default run (torch.compile, benchmark end to end): ~5 more minutes on 2 cores
+# the tests kept out of the default run (torch.compile, benchmark end to end): ~2.5 more minutes on 2 cores
 test-slow: setup-test
 	$(BIN)/python -m pytest -q -m slow
 
