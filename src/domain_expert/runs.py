@@ -19,15 +19,22 @@ def stage_info(folder: Path) -> dict | None:
     return None
 
 
+def completed_stage(path: Path, stage: str) -> Path | None:
+    """The completed `stage` folder that `path` (a run folder or the stage folder itself) names, or None."""
+    for cand in (path, path / STAGE_DIRS[stage]):
+        if (stage_info(cand) or {}).get("stage") == stage:
+            return cand
+    return None
+
+
 def find_stage(path: str | Path, stage: str) -> Path:
     """`path` is a run folder or the stage folder itself; return the completed stage folder or say what to run."""
     path = Path(path)
     if not path.exists():
         raise RunFolderError("run folder not found", where=str(path), fix="check the path, or run `domain-expert run`")
-    for cand in (path, path / STAGE_DIRS[stage]):
-        info = stage_info(cand)
-        if info and info.get("stage") == stage:
-            return cand
+    found = completed_stage(path, stage)
+    if found is not None:
+        return found
     if (path / STAGE_DIRS[stage]).exists() or (path / "adapter_config.json").exists():
         raise RunFolderError(
             f"the {stage} stage did not complete (no stage.json)",

@@ -15,7 +15,7 @@ from domain_expert.errors import ModelNotFoundError, RunFolderError
 from domain_expert.fsutil import read_json
 from domain_expert.models.builtin import BUILTINS, ensure_converted
 from domain_expert.prompts import PromptFormat
-from domain_expert.runs import stage_info
+from domain_expert.runs import completed_stage, stage_info
 
 
 @dataclass(frozen=True)
@@ -80,17 +80,9 @@ def resolve_model(ref: str, *, progress: bool = True) -> ResolvedModel:
     return ResolvedModel(ref, ref, "hub", f"Hugging Face hub {ref}", "see the model card on the hub")
 
 
-def finetune_dir_of(path: Path) -> Path | None:
-    """The completed finetune stage that `path` (a run folder or its finetune/ folder) names, or None."""
-    for cand in (path / "finetune", path):
-        if (stage_info(cand) or {}).get("stage") == "finetune":
-            return cand
-    return None
-
-
 def is_tuned_run(path: str | Path) -> bool:
     """True for a run folder or a finetune folder: a base model plus a LoRA adapter."""
-    return finetune_dir_of(Path(path)) is not None
+    return completed_stage(Path(path), "finetune") is not None
 
 
 def resolve_run(ref: str | Path, *, base: bool = False) -> RunModel:
@@ -107,7 +99,7 @@ def resolve_run(ref: str | Path, *, base: bool = False) -> RunModel:
             where=str(path),
             fix="pass runs/<name> (made by `domain-expert run`) or a model folder",
         )
-    ft = finetune_dir_of(path)
+    ft = completed_stage(path, "finetune")
     if ft is not None:
         info = read_json(ft / "stage.json")
         weights = ResolvedModel(**info["base_model"])
