@@ -13,13 +13,14 @@ def cpu_has_native_bf16() -> bool:
     can be slower than fp32, so we only choose it where it pays (matrix products ~2.1x fp32 on an AVX512-BF16
     EPYC: bench/cpu_pass_cost.py, docs/benchmarks.md)."""
     if platform.machine().lower() in ("arm64", "aarch64"):
-        flags = _cpu_flags()
+        flags = cpu_flags()
         return "bf16" in flags or "sve_bf16" in flags
-    flags = _cpu_flags()
+    flags = cpu_flags()
     return bool({"avx512_bf16", "amx_bf16"} & flags)
 
 
-def _cpu_flags() -> set[str]:
+def cpu_flags() -> set[str]:
+    """The CPU feature flags (/proc/cpuinfo; empty where it cannot be read)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -43,7 +44,7 @@ def cpu_summary() -> dict:
                 break
     except OSError:
         pass
-    flags = _cpu_flags()
+    flags = cpu_flags()
     return {
         "model_name": name,
         "cpus": os.cpu_count(),

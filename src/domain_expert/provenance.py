@@ -79,10 +79,10 @@ def stamp(argv: list[str] | None = None) -> dict:
     import sys
     import time
 
-    from domain_expert.hardware import _cpu_flags, cpu_summary
+    from domain_expert.hardware import cpu_flags, cpu_summary
 
     commit, dirty = git_commit()
-    flags = _cpu_flags()
+    flags = cpu_flags()
     versions = {}
     for name in ("torch", "transformers"):
         try:
