@@ -1,0 +1,34 @@
+"""Typed configs. YAML files mirror the classes in `schema`; `loading` reads a shipped name or a file, applies
+`key=value` overrides and validates everything before any model is loaded, reporting all problems at once (unknown
+keys name the closest valid ones)."""
+
+from domain_expert.config.loading import (
+    apply_override,
+    config_differences,
+    dump_config,
+    load_config,
+    resolve_config_path,
+    shipped_configs,
+)
+from domain_expert.config.schema import (
+    DEFAULT_MODEL,
+    HEMATOLOGY_BRANCH,
+    DataConfig,
+    DocumentsSource,
+    EvalConfig,
+    ExportConfig,
+    FileSource,
+    HubSource,
+    JudgeConfig,
+    LoraConfig,
+    MedicalTermsSource,
+    PromptConfig,
+    RunConfig,
+    TrainConfig,
+)
+
+__all__ = [
+    "DEFAULT_MODEL", "HEMATOLOGY_BRANCH", "DataConfig", "DocumentsSource", "EvalConfig", "ExportConfig", "FileSource",
+    "HubSource", "JudgeConfig", "LoraConfig", "MedicalTermsSource", "PromptConfig", "RunConfig", "TrainConfig",
+    "apply_override", "config_differences", "dump_config", "load_config", "resolve_config_path", "shipped_configs",
+]  # fmt: skip
