@@ -32,6 +32,7 @@ class FakeEngine:
     """Answers 'echo: <last user message>' word by word; `gate` (an asyncio.Event) makes generation block."""
 
     context_length = 64
+    serving_path = "fake (echoes the question)"
 
     def __init__(self, max_queue: int = 2, gate: asyncio.Event | None = None):
         self.admission = Admission(max_queue)
@@ -109,7 +110,7 @@ def test_fake_engine_satisfies_protocol():
 
 def test_health_models_and_completion_shape():
     c = client_for()
-    assert c.get("/health").json() == {"status": "ok"}
+    assert c.get("/health").json() == {"status": "ok", "serving_path": "fake (echoes the question)"}
     models = c.get("/v1/models").json()
     assert models["object"] == "list" and [m["id"] for m in models["data"]] == ["tiny", "tiny:base"]
     assert c.get("/v1/models/tiny:base").json()["id"] == "tiny:base"
