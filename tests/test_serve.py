@@ -387,7 +387,7 @@ def test_engine_stream_cancel_frees_the_slot_and_queue_limit(tiny_tuned):
     engine.close()
 
 
-def test_serve_binds_localhost_by_default(tiny_tuned, monkeypatch):
+def test_serve_binds_localhost_by_default(tiny_tuned, monkeypatch, capsys):
     import uvicorn
 
     from domain_expert.serve import serve
@@ -398,6 +398,10 @@ def test_serve_binds_localhost_by_default(tiny_tuned, monkeypatch):
     assert seen["host"] == "127.0.0.1" and seen["port"] == 8000
     c = TestClient(seen["app"])
     assert c.get("/health").status_code == 200 and c.get("/v1/models").status_code == 401
+    # the tiny Llama passes the lean decoder's checks and probe: said at start-up and by /health
+    path = c.get("/health").json()["serving_path"]
+    assert path.startswith("lean (") and "probe passed" in path
+    assert f"serving path: {path}" in capsys.readouterr().out
     ids = [m["id"] for m in c.get("/v1/models", headers={"Authorization": f"Bearer {KEY}"}).json()["data"]]
     assert ids == [tiny_tuned.name, tiny_tuned.name + ":base"]
 
