@@ -6,7 +6,8 @@ largest |log-prob difference| over each position's 20 likeliest tokens (`admissi
 prefill and 4 decoding steps (20 tokens for the two forward comparisons) between:
 - the lean path and the model's own forward (`admission.probe`, what the engine checks at load);
 - the model's own forward with eager and with sdpa attention (two equivalent computations in transformers itself);
-- the model's own forward and the same with final-logit soft-capping at 30 dropped (the bug class the probe guards).
+- the model's own forward and the same with final-logit soft-capping at 30 dropped (the bug class the probe guards);
+and how long the probe takes (one lane; the engine probes the base lane too when there is one).
 
     python bench/serve_probe_tolerance.py [--model ~/.cache/domain-expert/models/smollm2-135m-instruct]
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 
 import torch
 
@@ -60,9 +62,13 @@ def measure(label: str, build) -> list[dict]:
         with torch.no_grad():
             eager_sdpa, cap = eager_vs_sdpa(model), softcap_cost(model)
             model.set_attn_implementation("sdpa")
-            lean_diff, tolerance = probe(model, LeanDecoder(model))
+            lean = LeanDecoder(model)
+            started = time.perf_counter()
+            lean_diff, tolerance = probe(model, lean)
+            seconds = time.perf_counter() - started
         rows.append(dict(model=label, dtype=str(dtype).removeprefix("torch."), lean_vs_forward=lean_diff,
-                         eager_vs_sdpa=eager_sdpa, softcap30_dropped=cap, tolerance=tolerance))  # fmt: skip
+                         eager_vs_sdpa=eager_sdpa, softcap30_dropped=cap, tolerance=tolerance,
+                         probe_seconds=round(seconds, 3)))  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
