@@ -32,6 +32,7 @@ class FakeEngine:
     """Answers 'echo: <last user message>' word by word; `gate` (an asyncio.Event) makes generation block."""
 
     context_length = 64
+    serving_path = "fake (echoes the question)"
 
     def __init__(self, max_queue: int = 2, gate: asyncio.Event | None = None):
         self.admission = Admission(max_queue)
@@ -109,7 +110,7 @@ def test_fake_engine_satisfies_protocol():
 
 def test_health_models_and_completion_shape():
     c = client_for()
-    assert c.get("/health").json() == {"status": "ok"}
+    assert c.get("/health").json() == {"status": "ok", "serving_path": "fake (echoes the question)"}
     models = c.get("/v1/models").json()
     assert models["object"] == "list" and [m["id"] for m in models["data"]] == ["tiny", "tiny:base"]
     assert c.get("/v1/models/tiny:base").json()["id"] == "tiny:base"
@@ -386,7 +387,7 @@ def test_engine_stream_cancel_frees_the_slot_and_queue_limit(tiny_tuned):
     engine.close()
 
 
-def test_serve_binds_localhost_by_default(tiny_tuned, monkeypatch):
+def test_serve_binds_localhost_by_default(tiny_tuned, monkeypatch, capsys):
     import uvicorn
 
     from domain_expert.serve import serve
@@ -397,6 +398,10 @@ def test_serve_binds_localhost_by_default(tiny_tuned, monkeypatch):
     assert seen["host"] == "127.0.0.1" and seen["port"] == 8000
     c = TestClient(seen["app"])
     assert c.get("/health").status_code == 200 and c.get("/v1/models").status_code == 401
+    # the tiny Llama passes the lean decoder's checks and probe: said at start-up and by /health
+    path = c.get("/health").json()["serving_path"]
+    assert path.startswith("lean (") and "probe passed" in path
+    assert f"serving path: {path}" in capsys.readouterr().out
     ids = [m["id"] for m in c.get("/v1/models", headers={"Authorization": f"Bearer {KEY}"}).json()["data"]]
     assert ids == [tiny_tuned.name, tiny_tuned.name + ":base"]
 

@@ -41,9 +41,11 @@ def collate(examples: list[Example], pad_id: int):
 
 
 def supports_selective_head(model) -> bool:
-    """Models that post-process logits (soft-capping, scaling) need the full forward path to stay exact."""
-    cfg = model.config
-    return getattr(cfg, "final_logit_softcapping", None) is None and not hasattr(cfg, "logit_scale")
+    """Whether the head may run on the labelled positions alone: only where the logits are exactly head(hidden)
+    (models.heads); models that post-process logits (soft-capping, scaling) or are not known take the full forward."""
+    from domain_expert.models.heads import logits_are_head
+
+    return logits_are_head(model)
 
 
 def shared_prefix_len(ids, mask, labels) -> int:

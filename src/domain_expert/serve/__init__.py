@@ -56,6 +56,7 @@ def serve(
             decoder=decoder,
             compile=compile,
         )
+    print(f"[domain-expert] serving path: {eng.serving_path}", flush=True)
     app = create_app(
         eng,
         api_key=api_key,

@@ -62,7 +62,7 @@ def create_app(
     add_error_handlers(app)
     validator = RequestValidator(engine, max_prompt_tokens=max_prompt_tokens, max_tokens_limit=max_tokens_limit)
     add_chat_page(app)
-    app.include_router(ops_router(metrics))
+    app.include_router(ops_router(metrics, engine))
     app.include_router(sagemaker_router(validator))
     app.include_router(openai_router(validator))
     return app

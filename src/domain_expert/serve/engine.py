@@ -81,6 +81,8 @@ class StreamChunk:
 @runtime_checkable
 class Engine(Protocol):
     context_length: int | None  # prompt + completion tokens the model can attend to (None: unknown)
+    # which computation serves the model and why, in a few words (printed at start-up, returned by GET /health)
+    serving_path: str
 
     def model_ids(self) -> list[str]: ...
 
@@ -131,6 +133,7 @@ class ChatEngine:
     tokenizer: object
     fmt: object
     has_base: bool
+    serving_path: str = "unknown"
 
     def model_ids(self) -> list[str]:
         return [self.name, self.name + BASE_SUFFIX] if self.has_base else [self.name]
@@ -430,6 +433,11 @@ class TransformersEngine(ChatEngine):
                 out.append(TokenLogprob(piece, lp, [(self._piece(t), v) for t, v in (top or [])], offset))
             offset += len(piece)
         return out
+
+    @property
+    def serving_path(self) -> str:
+        """The scheduler's: the lean fast path (probe result) or the transformers forward, with the reason."""
+        return self.scheduler.serving_path
 
     @property
     def queue_depth(self) -> int:

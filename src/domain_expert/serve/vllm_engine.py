@@ -30,6 +30,8 @@ class VLLMUnavailableError(DomainExpertError):
 
 
 class VLLMEngine(ChatEngine):
+    serving_path = "vllm"
+
     def __init__(self, engine, tokenizer, fmt, name: str, lora_request, *, context_length, max_queue, max_batch):
         self.engine, self.tokenizer, self.fmt, self.name = engine, tokenizer, fmt, name
         self.lora_request = lora_request

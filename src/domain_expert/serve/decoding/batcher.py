@@ -41,11 +41,20 @@ import time
 from collections.abc import Callable
 
 from domain_expert.models.compat import cache_kwarg
+from domain_expert.models.heads import logits_are_head
 from domain_expert.serve.decoding.lanes import BASE, TUNED, Lane, Sequence
 from domain_expert.serve.decoding.prefill import prefill_inputs, split_prefix
 from domain_expert.serve.decoding.sampling import emit_prompt_logprobs, sample
 
 log = logging.getLogger(__name__)
+
+
+def _sliding_window(model) -> bool:
+    cfg = model.config
+    types = getattr(cfg, "layer_types", None) or ()
+    return bool(getattr(cfg, "sliding_window", None)) and (
+        "sliding_attention" in types or (not types and getattr(cfg, "use_sliding_window", True))
+    )
 
 
 class BatchScheduler:
@@ -75,6 +84,7 @@ class BatchScheduler:
             raise ValueError(f"decoder must be auto, lean or transformers, not {decoder!r}")
         self.decoder_choice = decoder
         self.compile = compile
+        self.serving_path = "not loaded"  # which forward serves the model and why (set on loading: _configure)
         # arrivals for a lane that is decoding are prefilled inside its next decoding step: one pass of the matrix
         # products over both (LeanDecoder.mixed); off, or without the eager lean decoder, a prefill is its own pass
         self.mix_prefill = mix_prefill
@@ -109,17 +119,18 @@ class BatchScheduler:
         self.device = next(model.parameters()).device
         self.decoder, self.head = model.get_decoder(), model.get_output_embeddings()
         self.cache_arg = cache_kwarg(self.decoder)
-        # the same arithmetic in fewer operations for Llama-style models (lean_decoder.py); others run transformers.
-        # auto: lean on CPU, where it was measured (bench/serve_decode_cost.py); on GPUs only when asked for
-        self.lean = None
-        if self.decoder_choice == "lean" or (self.decoder_choice == "auto" and self.device.type == "cpu"):
-            from domain_expert.serve.decoding.lean_decoder import LeanDecoder, unsupported
-
-            why = unsupported(model)
-            if why is None:
-                self.lean = LeanDecoder(model, base_delta)
-            else:
-                log.info("lean decoder off (%s): decoding through the transformers forward", why)
+        # the head may run on the decoder's hidden states alone only where the logits are exactly head(hidden);
+        # otherwise the model's own forward runs, its logits processing included (soft-capping, scaling)
+        self.head_only = logits_are_head(model)
+        self.lean, reason = self._admit_lean(model, base_delta)
+        if self.lean is None:
+            how = "decoder + head" if self.head_only else "the model's own forward, its logits processing included"
+            self.serving_path = f"transformers forward ({how}; reason: {reason})"
+            if _sliding_window(model) and self.prefix:
+                # a cached prefix leaves padding inside rows ([prefix][padding][rest]); transformers' sliding-window
+                # mask counts cache columns, padding included, so windows would be cut short: no shared prefix
+                self.prefix = ()
+        log.info("serving path: %s", self.serving_path)
         # the tuned lane's decoding steps compiled with frozen weights (compiled_step.py), compiled here, before the
         # server reports healthy, rather than on the first requests
         self.compiled = None
@@ -131,9 +142,30 @@ class BatchScheduler:
 
                 self.compiled = CompiledStep(self.lean)
                 log.info("compiled the decoding step in %.0f s", self.compiled.warm_up())
+                self.serving_path += ", tuned decoding steps compiled"
         # the lean decoder's lanes keep keys/values in preallocated buffers written in place (kv_slots.py); the
         # transformers forward and the compiled step (whose graphs are specialised to contiguous caches) concatenate
         self.slots = self.lean is not None and self.compiled is None
+
+    def _admit_lean(self, model, base_delta) -> tuple:
+        """(the lean decoder, None) if the model is admitted to it and its probe passes, else (None, why not)."""
+        if self.decoder_choice == "transformers":
+            return None, "decoder transformers chosen"
+        if self.decoder_choice == "auto" and self.device.type != "cpu":
+            return None, "the lean decoder is measured on CPUs only (decoder lean chooses it)"
+        from domain_expert.serve.decoding.admission import probe, unsupported
+        from domain_expert.serve.decoding.lean_decoder import LeanDecoder
+
+        why = unsupported(model)
+        if why is not None:
+            return None, f"not admitted to the lean path: {why}"
+        lean = LeanDecoder(model, base_delta)
+        diff, tolerance = probe(model, lean, base_delta)
+        if not diff <= tolerance:  # NaN fails too
+            log.warning("lean decoder probe failed (max |dlogprob| %.2g > %.2g): transformers forward", diff, tolerance)
+            return None, f"lean probe failed: max |dlogprob| {diff:.2g} > {tolerance:.2g}"
+        self.serving_path = f"lean (Llama-style fast path, probe passed: max |dlogprob| {diff:.1g})"
+        return lean, None
 
     # --- public --------------------------------------------------------------------------------------------------
 
@@ -282,7 +314,8 @@ class BatchScheduler:
         self._append(lane, first, start=len(lane.rows) - len(seqs))
 
     def _forward(self, lane: Lane, ids, mask, positions, cache, all_positions: bool = False):
-        """Logits (float32, [rows, positions or 1, vocab]). The decoder and the head are called separately: through
+        """Logits (float32, [rows, positions or 1, vocab]). Where the logits are exactly head(hidden) (models.heads),
+        the decoder and the head are called separately: through
         the full model, `logits_to_keep=1` hands the head a strided [rows, 1, hidden] view, which on CPU goes through
         a batched matmul that copies the whole (tied, transposed) embedding matrix every call: ~230 ms of a 300 ms
         prefill for SmolLM2 here (bench/serve_levers.py). A contiguous [rows, hidden] input is a plain matmul."""
@@ -291,6 +324,8 @@ class BatchScheduler:
             return self.compiled(ids, mask, positions, cache)[:, None]
         if self.lean is not None:
             hidden = self.lean(ids, mask, positions, cache, subtract=lane.name == BASE)
+        elif not self.head_only:
+            return self._model_forward(lane, ids, mask, positions, cache, all_positions)
         else:
             with self._lane_context(lane):
                 out = self.decoder(
@@ -307,6 +342,19 @@ class BatchScheduler:
         flat = hidden.reshape(rows * t, width).contiguous()
         logits = self.lean.logits(flat) if self.lean is not None else self.head(flat).float()
         return logits.reshape(rows, t, -1)
+
+    def _model_forward(self, lane: Lane, ids, mask, positions, cache, all_positions: bool):
+        """The model's own forward (its logits processing included), for models whose logits are not head(hidden)."""
+        with self._lane_context(lane):
+            out = self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                use_cache=True,
+                logits_to_keep=0 if all_positions else 1,
+                **{cache_kwarg(self.model): cache},
+            )
+        return out.logits.float()
 
     def _forward_mixed(self, lane: Lane, step: tuple, prefill: tuple):
         """A decoding step and a prefill group of the same lane in one pass (LeanDecoder.mixed), each part's inputs

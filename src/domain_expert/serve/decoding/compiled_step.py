@@ -47,6 +47,8 @@ def _module(lean):
             self.down = frozen([L.down for L in lean.layers])
             biased = lean.layers[0].qkv_bias is not None
             self.qkv_bias = frozen([L.qkv_bias for L in lean.layers]) if biased else None
+            o_biased = lean.layers[0].o_bias is not None
+            self.o_bias = frozen([L.o_bias for L in lean.layers]) if o_biased else None
             self.embed = torch.nn.Parameter(lean.embed.weight.detach(), requires_grad=False)
             self.final_norm = torch.nn.Parameter(lean.final_norm.detach(), requires_grad=False)
             self.head = torch.nn.Parameter(lean.head_weight.detach(), requires_grad=False)
@@ -65,7 +67,8 @@ def _module(lean):
 
             layers = [  # dataclasses are traced by dynamo (a SimpleNamespace breaks the graph)
                 _Layer(ln1=self.ln1[i], ln2=self.ln2[i], qkv=self.qkv[i], o=self.o[i], gu=self.gu[i],
-                       down=self.down[i], qkv_bias=None if self.qkv_bias is None else self.qkv_bias[i])
+                       down=self.down[i], qkv_bias=None if self.qkv_bias is None else self.qkv_bias[i],
+                       o_bias=None if self.o_bias is None else self.o_bias[i])
                 for i in range(len(self.qkv))
             ]  # fmt: skip
             x = lean._layers(x, layers, [(rows, 1, cos, sin, attn_mask, update)], _plain_linear, False)

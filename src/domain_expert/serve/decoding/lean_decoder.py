@@ -19,8 +19,9 @@ It reads and writes the same `DynamicCache` as the transformers forward (the eng
 and takes the same inputs: left-padded ids, a [rows, cached + new] 0/1 mask and position ids.
 tests/test_lean_decoder.py checks hidden states and caches against the transformers forward, with and without the
 base-lane delta, and tests/test_serve_batching.py the engine's answers both ways. bench/serve_decode_cost.py
-measures both paths side by side. Only plain Llama-style models are accepted (`unsupported` says why not); the
-engine falls back to the transformers forward for the others, and `serve --decoder transformers` chooses it.
+measures both paths side by side. Only models whose every structural feature it implements are accepted
+(admission.py: `unsupported` says why not, and a probe at load compares its log-probs with the model's own
+forward); the engine runs the model's own forward for the others, and `serve --decoder transformers` chooses it.
 """
 
 from __future__ import annotations
@@ -28,36 +29,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from domain_expert.lora_math import fuse_linears, lora_as_one
+from domain_expert.serve.decoding.admission import unsupported
 
-STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
-
-
-def unsupported(model) -> str | None:
-    """Why the lean forward cannot run `model` exactly (None if it can)."""
-    cfg = model.config
-    if cfg.model_type not in ("llama", "mistral", "qwen2"):
-        return f"model_type {cfg.model_type!r}"
-    if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True):
-        return "sliding-window attention"
-    if getattr(cfg, "hidden_act", "silu") != "silu":
-        return f"hidden_act {cfg.hidden_act!r}"
-    rope = getattr(cfg, "rope_parameters", None) or {}
-    # rotary types whose frequencies are fixed at load (the decoder reads them from the model's rotary module);
-    # dynamic and longrope rescale with the sequence length inside transformers' forward
-    if rope.get("rope_type", "default") not in STATIC_ROPE_TYPES:
-        return f"rope_type {rope.get('rope_type')!r}"
-    if getattr(cfg, "mlp_bias", False):
-        return "MLP biases"
-    dec = model.get_decoder()
-    for name in ("embed_tokens", "layers", "norm", "rotary_emb"):
-        if not hasattr(dec, name):
-            return f"decoder without {name}"
-    attn = dec.layers[0].self_attn
-    if any(not hasattr(attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")):
-        return "attention without q/k/v/o projections"
-    if type(attn.q_proj).__name__ != "Linear" or getattr(attn, "sliding_window", None):
-        return "non-plain attention projections"
-    return None
+__all__ = ["LeanDecoder", "probe_attention", "unsupported"]
 
 
 @dataclass
@@ -74,6 +48,7 @@ class _Layer:
     d_o: tuple | None = None
     d_gu: tuple | None = None
     d_down: tuple | None = None
+    o_bias: object = None  # Llama with attention_bias has one
 
 
 def _delta(linears, parts: dict, dtype) -> tuple | None:
@@ -201,6 +176,7 @@ class LeanDecoder:
                     o=at.o_proj.weight,
                     gu=gu,
                     down=mlp.down_proj.weight,
+                    o_bias=at.o_proj.bias,
                     d_qkv=_delta(qkv_l, parts, dtype),
                     d_o=_delta([at.o_proj], parts, dtype),
                     d_gu=_delta(gu_l, parts, dtype),
@@ -360,7 +336,7 @@ class LeanDecoder:
                 keys, values = update(qk[:, hq:], v, i)
                 outs.append(self._attend(qk[:, :hq], keys, values, attn_mask))
             o = outs[0] if len(outs) == 1 else torch.cat(outs)
-            x = x + linear(o, L.o, None, L.d_o if subtract else None)
+            x = x + linear(o, L.o, L.o_bias, L.d_o if subtract else None)
             h = self._norm(x, L.ln2)
             gu = linear(h, L.gu, None, L.d_gu if subtract else None)
             g, u = gu.split(self.intermediate, dim=-1)
