@@ -8,6 +8,7 @@ reload check aside, which write and verify folders).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -90,8 +91,8 @@ def load_for_inference(
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     tok = load_tokenizer(src.tokenizer_path)
-    fmt = src.prompt_format(tok)
     kind = kind_of_config(load_config(src.weights.path), where=src.weights.path)
+    fmt = dataclasses.replace(src.prompt_format(tok), kind=kind)  # a plain folder records no kind: its config says
     model = load_model(src.weights.path, dtype=dt, device=dev, kind=kind)
     has_adapter = False
     if src.has_adapter and adapter != "off":
