@@ -140,7 +140,7 @@ def tiny_t5_dir(tmp_path_factory) -> Path:
         num_heads=4,
         relative_attention_num_buckets=8,
         dropout_rate=0.0,
-        initializer_factor=4.0,  # at 1.0 a random 32-dim T5 answers pad forever: nothing to compare
+        initializer_factor=1.5,  # at 1.0 a random 32-dim T5 answers pad forever; above 2 its fp32 merge drifts
         pad_token_id=tok.pad_token_id,
         eos_token_id=tok.eos_token_id,
         decoder_start_token_id=tok.pad_token_id,

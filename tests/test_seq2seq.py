@@ -4,6 +4,7 @@ and serving, and the refusals (causal-only options, an adapter of the other kind
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
@@ -136,3 +137,120 @@ def test_causal_only_option_and_wrong_kind_adapter_are_refused(tiny_t5_dir, tiny
     t5 = AutoModelForSeq2SeqLM.from_pretrained(tiny_t5_dir)
     with pytest.raises(UnsupportedModelError, match=r"causal adapter .*CAUSAL_LM.*T5ForConditionalGeneration"):
         attach_adapter(t5, tiny_tuned / "finetune", load_tokenizer(str(tiny_tuned / "finetune")))
+
+
+@pytest.fixture(scope="module")
+def t5_run(tiny_t5_dir, tmp_path_factory):
+    from conftest import tiny_t5_overrides
+
+    run_dir = tmp_path_factory.mktemp("t5-pipeline") / "run"
+    assert main(["run", *tiny_t5_overrides(tiny_t5_dir, run_dir)]) == 0
+    return run_dir
+
+
+def test_run_end_to_end_and_export_loads_with_plain_auto_class(t5_run):
+    from transformers import AutoModelForSeq2SeqLM
+
+    from domain_expert.models.loader import load_for_inference
+
+    stage = json.loads((t5_run / "export" / "stage.json").read_text())
+    assert stage["kind"] == "seq2seq" and stage["fidelity"]["max_abs_logit_diff"] <= 1e-3
+    assert stage["fidelity"]["argmax_agreement"] == 1.0
+    assert "AutoModelForSeq2SeqLM" in (t5_run / "export" / "README.md").read_text()
+    exported = AutoModelForSeq2SeqLM.from_pretrained(t5_run / "export").eval()
+    lm = load_for_inference(t5_run, device="cpu", dtype="fp32")  # base + unmerged adapter
+    ids = lm.fmt.encode_prompt(lm.tokenizer, "What is anemia?")
+    x = torch.tensor([ids])
+    dec = torch.tensor([[exported.config.decoder_start_token_id, *ids[:3]]])
+    with torch.no_grad():
+        a = exported(input_ids=x, decoder_input_ids=dec).logits
+        b = lm.model(input_ids=x, decoder_input_ids=dec).logits
+    assert torch.allclose(a, b, atol=1e-3)
+    metrics = json.loads((t5_run / "eval" / "metrics.json").read_text())
+    text = json.dumps(metrics)
+    for key in ("rougeL", "mc", "general"):  # generation metrics, multiple choice, forgetting guard all scored
+        assert key in text, key
+    rows = [json.loads(x) for x in (t5_run / "eval" / "items.jsonl").read_text().splitlines()]
+    kinds = {r.get("kind") for r in rows}
+    assert {"generation", "mc", "general"} <= kinds
+    assert all(r["nll"] > 0 and r["tokens"] > 0 for r in rows if r.get("kind") == "general")
+    assert all(r["ref_nll"] > 0 for r in rows if r.get("kind") == "generation")
+    assert (t5_run / "report" / "report.html").exists()
+
+
+def test_generate_and_chat(t5_run, monkeypatch, capsys):
+    assert main(["generate", str(t5_run), "What is anemia?", "--max-new-tokens", "5"]) == 0
+    assert main(["generate", str(t5_run), "What is anemia?", "--max-new-tokens", "5", "--base"]) == 0
+    assert main(["generate", str(t5_run / "export"), "What is anemia?", "--max-new-tokens", "5"]) == 0
+    out = [x for x in capsys.readouterr().out.splitlines() if x.strip()]
+    assert len(out) >= 3
+    monkeypatch.setattr("sys.stdin", io.StringIO("What is anemia?\n/reset\nand platelets?\n/exit\n"))
+    assert main(["chat", str(t5_run), "--max-new-tokens", "4"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("model> ") == 2 and "(conversation cleared)" in out
+
+
+def test_served_answers_equal_generate_and_refuse_logprobs(t5_run):
+    from fastapi.testclient import TestClient
+
+    from domain_expert.generate import generate_detailed
+    from domain_expert.models.loader import load_for_inference
+    from domain_expert.serve import create_app, model_name
+    from domain_expert.serve.seq2seq_engine import Seq2SeqEngine
+
+    lm = load_for_inference(t5_run, device="cpu", dtype="fp32")
+    prompts = ["What is leukemia?", "Hello", "What is anemia?"]
+    refs = {b: generate_detailed(lm, prompts, base=b, max_new_tokens=6) for b in (False, True)}
+    assert sum(bool(r["text"]) for b in refs for r in refs[b]) >= 3  # a random model: some answers are only specials
+    name = model_name(t5_run)
+    engine = Seq2SeqEngine(lm, name, max_queue=4)
+    c = TestClient(create_app(engine))
+    assert [m["id"] for m in c.get("/v1/models").json()["data"]] == [name, name + ":base"]
+
+    def body(prompt: str, base: bool, **kw) -> dict:
+        msgs = [{"role": "user", "content": prompt}]
+        return {"model": name + (":base" if base else ""), "messages": msgs, "max_tokens": 6, "temperature": 0, **kw}
+
+    for base in (False, True):
+        for prompt, ref in zip(prompts, refs[base], strict=True):
+            r = c.post("/v1/chat/completions", json=body(prompt, base))
+            assert r.status_code == 200, r.text
+            out = r.json()
+            assert out["choices"][0]["message"]["content"].strip() == ref["text"]  # generate strips
+            assert out["usage"]["completion_tokens"] == ref["tokens"] + int(ref["stopped"])
+    with c.stream("POST", "/v1/chat/completions", json=body(prompts[0], False, stream=True)) as r:
+        assert r.status_code == 200
+        events = [json.loads(x[6:]) for x in r.iter_lines() if x and x != "data: [DONE]"]
+    streamed = "".join(e["choices"][0]["delta"].get("content", "") for e in events if e["choices"])
+    assert streamed.strip() == refs[False][0]["text"]
+    # concurrent requests of both lanes and several prompts run as batches and still answer as alone
+    import concurrent.futures
+
+    asks = [(p, b) for p in prompts for b in (False, True)]
+    with concurrent.futures.ThreadPoolExecutor(len(asks)) as pool:
+        outs = list(pool.map(lambda a: c.post("/v1/chat/completions", json=body(*a)).json(), asks))
+    want = [refs[b][prompts.index(p)]["text"] for p, b in asks]
+    assert [o["choices"][0]["message"]["content"].strip() for o in outs] == want
+    r = c.post("/v1/completions", json={"model": name, "prompt": "anemia", "max_tokens": 2, "logprobs": 1})
+    assert r.status_code == 400 and "log-probs" in r.json()["error"]["message"]
+    engine.close()
+
+
+def test_serve_picks_the_seq2seq_engine_and_refuses_decoder_only_options(t5_run, monkeypatch, capsys):
+    import uvicorn
+    from fastapi.testclient import TestClient
+
+    from domain_expert.serve import serve
+
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+    serve(t5_run, device="cpu", dtype="fp32")
+    engine = seen["app"].state.engine
+    assert engine.serving_path.startswith("seq2seq") and engine.has_base
+    # the patched uvicorn.run returned, so serve() closed the engine: requests are refused, never left waiting
+    r = TestClient(seen["app"]).post("/v1/chat/completions", json={
+        "model": t5_run.name, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3})  # fmt: skip
+    assert r.status_code == 400 and "shutting down" in r.text
+    assert main(["serve", str(t5_run), "--compile"]) == 2
+    err = capsys.readouterr().err
+    assert "--compile" in err and "seq2seq" in err

@@ -57,6 +57,7 @@ class Seq2SeqEngine(ChatEngine):
         self.metrics = None
         self.running = 0
         self._jobs: queue.Queue = queue.Queue()
+        self._closed = False
         self._thread = threading.Thread(target=self._work, name="seq2seq-engine", daemon=True)
         self._thread.start()
 
@@ -77,6 +78,8 @@ class Seq2SeqEngine(ChatEngine):
                 "log-probs and echo are not served for encoder-decoder models by this server: ask without "
                 "logprobs/echo (evaluation scores them in process: domain-expert evaluate)"
             )
+        if self._closed:
+            raise EngineError("the server is shutting down")
         self.admission.admit()
         loop = asyncio.get_running_loop()
         ids = self._encode(request.prompt if request.prompt is not None else request.messages)
@@ -177,6 +180,7 @@ class Seq2SeqEngine(ChatEngine):
         return max(0, self.admission.pending - self.running)
 
     def close(self) -> None:
+        self._closed = True
         self._jobs.put(None)
         self._thread.join(timeout=30)
 
