@@ -117,3 +117,53 @@ def tiny_tuned(tiny_model_dir, tmp_path_factory) -> Path:
     assert main(["prepare", *ov]) == 0
     assert main(["finetune", *ov]) == 0
     return run_dir
+
+
+# --- tiny T5 (encoder-decoder) for the seq2seq path --------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_t5_dir(tmp_path_factory) -> Path:
+    """A 2+2-layer, 32-dim random T5 with the repo's tokenizer; the decoder starts from pad, as T5's does."""
+    import torch
+    from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
+
+    tok = AutoTokenizer.from_pretrained(str(ASSETS / "tiny-tokenizer"))
+    torch.manual_seed(0)
+    cfg = T5Config(
+        vocab_size=len(tok),
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        dropout_rate=0.0,
+        initializer_factor=1.5,  # at 1.0 a random 32-dim T5 answers pad forever; above 2 its fp32 merge drifts
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        decoder_start_token_id=tok.pad_token_id,
+    )
+    model = T5ForConditionalGeneration(cfg)
+    folder = tmp_path_factory.mktemp("tiny-t5")
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def tiny_t5_overrides(model_dir: Path, run_dir: Path, **extra: str) -> list[str]:
+    """tiny_overrides with LoRA on T5's attention and feed-forward projections."""
+    return tiny_overrides(model_dir, run_dir, **{"lora.target_modules": "[q,k,v,o,wi,wo]", **extra})
+
+
+@pytest.fixture(scope="session")
+def tiny_t5_tuned(tiny_t5_dir, tmp_path_factory) -> Path:
+    """A prepared and fine-tuned tiny T5 run, not evaluated. Shared read-only."""
+    from domain_expert.cli import main
+
+    run_dir = tmp_path_factory.mktemp("t5-tuned") / "run"
+    ov = tiny_t5_overrides(tiny_t5_dir, run_dir, **{"train.max_steps": "2"})
+    assert main(["prepare", *ov]) == 0
+    assert main(["finetune", *ov]) == 0
+    return run_dir

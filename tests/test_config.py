@@ -19,6 +19,9 @@ def test_shipped_configs_cover_default_and_llama2():
     assert {"medical-terms", "llama2-7b-lora", "llama2-7b-qlora"} <= names
     assert load_config("llama2-7b-qlora").train.quantization == "4bit"
     assert load_config("llama2-7b-lora").model == "meta-llama/Llama-2-7b-hf"
+    t5 = load_config("flan-t5-large-lora")  # the encoder-decoder reference: PEFT's common T5 recipe
+    assert t5.model == "google/flan-t5-large" and t5.lora.target_modules == ["q", "v"]
+    assert (t5.lora.r, t5.lora.alpha, t5.lora.dropout, t5.train.packing) == (16, 32, 0.05, False)
 
 
 def test_unknown_key_suggests_closest():

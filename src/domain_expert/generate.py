@@ -18,7 +18,9 @@ def generate_detailed(
     progress: bool = False,
     desc: str | None = None,
 ) -> list[dict]:
-    """Greedy answers, batched with left padding: [{"text", "stopped" (EOS before the limit), "tokens"}]."""
+    """Greedy answers, batched with left padding: [{"text", "stopped" (EOS before the limit), "tokens"}]. A seq2seq
+    model's prompts are its encoder input (padding masked either side); its output is the answer alone after the
+    decoder start token."""
     import torch
     from tqdm.auto import tqdm
 
@@ -43,7 +45,7 @@ def generate_detailed(
                 eos_token_id=tok.eos_token_id,
                 pad_token_id=tok.pad_token_id,
             )
-        for row in gen[:, width:].tolist():
+        for row in gen[:, 1 if lm.fmt.seq2seq else width :].tolist():
             stopped = tok.eos_token_id in row
             n = row.index(tok.eos_token_id) if stopped else len(row)
             out.append({"text": tok.decode(row[:n], skip_special_tokens=True).strip(), "stopped": stopped, "tokens": n})
@@ -66,11 +68,8 @@ def stream_answer(
     from transformers import TextIteratorStreamer
 
     tok = lm.tokenizer
-    text = lm.fmt.render_messages(tok, messages)
-    ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-    if lm.fmt.style == "plain" and tok.bos_token_id is not None:
-        ids = torch.cat([torch.tensor([[tok.bos_token_id]]), ids], dim=1)
-    ids = ids.to(next(lm.model.parameters()).device)
+    ids = torch.tensor([lm.fmt.encode_messages(tok, messages)], device=next(lm.model.parameters()).device)
+    # skip_prompt: a causal model's first chunk is the prompt, a seq2seq model's the decoder start token
     streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
     kwargs = dict(
         input_ids=ids,

@@ -8,6 +8,10 @@ Rows of a batch that start with the same tokens (a shared system prompt: 20 of S
 the default run) share one pass over that prefix: it runs once as a single row, its key/value cache is repeated for
 every row, and the rest of each row attends to it. Same loss and gradients (the prefix's gradient is the sum over the
 rows), about 29% fewer tokens through the model in the default run; `bench/train_levers.py` measures it.
+
+Encoder-decoder models (T5): an Example's `ids[:start]` is the encoder input and `ids[start:]` the decoder's labels
+(prompts.py); `collate(..., seq2seq=True)` pads the two apart, and the decoder's inputs are the labels shifted right
+after the model's own decoder start token (`prepare_decoder_input_ids_from_labels`: pad for T5).
 """
 
 from __future__ import annotations
@@ -24,9 +28,13 @@ class Example:
     start: int  # first answer token: loss is taken on ids[start:] (0 for raw text)
 
 
-def collate(examples: list[Example], pad_id: int):
-    """Right-padded input ids, attention mask and labels (IGNORE on prompt and padding)."""
+def collate(examples: list[Example], pad_id: int, *, seq2seq: bool = False):
+    """Right-padded input ids, attention mask and labels (IGNORE on prompt and padding). seq2seq: the encoder's
+    input ids and mask, and the decoder's labels (IGNORE on padding)."""
     import torch
+
+    if seq2seq:
+        return _collate_seq2seq(examples, pad_id)
 
     width = max(len(e.ids) for e in examples)
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
@@ -38,6 +46,26 @@ def collate(examples: list[Example], pad_id: int):
         mask[i, :n] = 1
         labels[i, e.start : n] = ids[i, e.start : n]
     return ids, mask, labels
+
+
+def _collate_seq2seq(examples: list[Example], pad_id: int):
+    import torch
+
+    enc_w = max(e.start for e in examples)
+    dec_w = max(len(e.ids) - e.start for e in examples)
+    ids = torch.full((len(examples), enc_w), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(examples), enc_w), dtype=torch.long)
+    labels = torch.full((len(examples), dec_w), IGNORE, dtype=torch.long)
+    for i, e in enumerate(examples):
+        ids[i, : e.start] = torch.tensor(e.ids[: e.start], dtype=torch.long)
+        mask[i, : e.start] = 1
+        labels[i, : len(e.ids) - e.start] = torch.tensor(e.ids[e.start :], dtype=torch.long)
+    return ids, mask, labels
+
+
+def is_seq2seq(model) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return bool(getattr(base.config, "is_encoder_decoder", False))
 
 
 def supports_selective_head(model) -> bool:
@@ -69,6 +97,12 @@ def labelled_logits(model, ids, mask, labels):
     """(fp32 logits at labelled positions [N, vocab], their targets [N], keep mask [B, T-1-P]) for next-token loss,
     where P is the shared prefix that ran once (0 when not shared)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(base.config, "is_encoder_decoder", False):
+        # labels are the decoder's own sequence: every position is predicted, no shift, no prefix to share
+        dec_in = base.prepare_decoder_input_ids_from_labels(labels=labels)
+        logits = model(input_ids=ids, attention_mask=mask, decoder_input_ids=dec_in).logits
+        keep = labels != IGNORE
+        return logits[keep].float(), labels[keep], keep
     if not supports_selective_head(base):
         target = labels[:, 1:]
         keep = target != IGNORE
@@ -92,7 +126,8 @@ def labelled_logits(model, ids, mask, labels):
 
 
 def causal_lm_loss(model, ids, mask, labels, *, reduction: str = "mean"):
-    """Next-token cross-entropy over labelled positions. `model` is a (PEFT-wrapped) causal LM.
+    """Next-token cross-entropy over labelled positions. `model` is a (PEFT-wrapped) causal or seq2seq LM (for
+    seq2seq, `ids`/`mask` are the encoder's and `labels` the decoder's: collate(..., seq2seq=True)).
 
     With reduction="sum" returns (sum of token losses, token count) for token-weighted averages.
     """

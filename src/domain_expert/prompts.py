@@ -1,5 +1,12 @@
 """Prompt formats: how a record becomes token ids. A registry looked up by name; the chosen format is written into
-the run folder (prompt_format.json) and read back by every later stage, so training and inference cannot drift."""
+the run folder (prompt_format.json) and read back by every later stage, so training and inference cannot drift.
+
+Encoder-decoder models (`kind="seq2seq"`, e.g. Flan-T5) use the same styles: the rendered prompt (chat template or the
+plain Q/A frame) is the encoder's input, ended by EOS as T5's own tokenizer ends every input, with no BOS; the answer
+plus one EOS is the decoder's labels. An example is still one `likelihood.Example`: `ids[:start]` is the encoder input
+and `ids[start:]` the labels, so batching, lengths and checkpoints are shared with causal models. Raw text (documents,
+the forgetting guard's general English) is the decoder's labels after an empty encoder input (EOS alone, what T5's
+tokenizer gives for ""): the decoder's likelihood of the text on its own."""
 
 from __future__ import annotations
 
@@ -16,6 +23,18 @@ PLAIN_TEMPLATE = "### Question:\n{prompt}\n\n### Answer:\n"
 class PromptFormat:
     style: str  # "chat" | "plain"
     system: str | None = None
+    kind: str = "causal"  # models.kinds: "seq2seq" reads the prompt with the encoder (module docstring)
+
+    @property
+    def seq2seq(self) -> bool:
+        return self.kind == "seq2seq"
+
+    def _head(self, tokenizer) -> list[int]:
+        plain = self.style == "plain" and not self.seq2seq
+        return [tokenizer.bos_token_id] if plain and tokenizer.bos_token_id is not None else []
+
+    def _tail(self, tokenizer) -> list[int]:
+        return [tokenizer.eos_token_id] if self.seq2seq else []
 
     def render_prompt(self, tokenizer, prompt: str) -> str:
         """Text the model sees before its answer (ends where generation starts)."""
@@ -52,26 +71,42 @@ class PromptFormat:
 
         EOS is appended and trained on, so the tuned model learns to stop (a tuned model that never stops is a
         common complaint when pad == EOS masks that label). Returns truncated=True when
-        the example was cut to max_len (the answer keeps as many tokens as fit, EOS is then lost).
+        the example was cut to max_len (the answer keeps as many tokens as fit, EOS is then lost). For seq2seq the
+        encoder input and the labels are each cut to max_len: they are separate sequences.
         """
-        p_ids = tokenizer(self.render_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
-        bos = [tokenizer.bos_token_id] if self.style == "plain" and tokenizer.bos_token_id is not None else []
-        p_ids = bos + p_ids
+        p_ids = self.encode_prompt(tokenizer, prompt)
         c_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        if self.seq2seq:
+            enc, labels = p_ids[:max_len], c_ids[:max_len]
+            return enc + labels, len(enc), len(p_ids) > max_len or len(c_ids) > max_len
         ids = p_ids + c_ids
         truncated = len(ids) > max_len
         return ids[:max_len], min(len(p_ids), max_len), truncated
 
     def encode_prompt(self, tokenizer, prompt: str) -> list[int]:
         ids = tokenizer(self.render_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
-        if self.style == "plain" and tokenizer.bos_token_id is not None:
-            ids = [tokenizer.bos_token_id] + ids
-        return ids
+        return self._head(tokenizer) + ids + self._tail(tokenizer)
+
+    def encode_messages(self, tokenizer, messages: list[dict]) -> list[int]:
+        """Token ids of a conversation (render_messages) up to where the reply starts (the encoder's input)."""
+        ids = tokenizer(self.render_messages(tokenizer, messages), add_special_tokens=False)["input_ids"]
+        return self._head(tokenizer) + ids + self._tail(tokenizer)
+
+    def encode_text(self, tokenizer, text: str) -> list[int]:
+        """Raw text as an example whose first token is context and the rest is scored: causal models get BOS first
+        in the plain style; seq2seq models get an empty encoder input (EOS) and the whole text as labels."""
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if self.seq2seq:
+            return [tokenizer.eos_token_id] + ids
+        return self._head(tokenizer) + ids
 
     def save(self, folder: str | Path) -> None:
         from domain_expert.fsutil import write_json_atomic
 
-        write_json_atomic(Path(folder) / "prompt_format.json", asdict(self))
+        data = asdict(self)
+        if not self.seq2seq:
+            del data["kind"]  # causal runs keep the file they always had
+        write_json_atomic(Path(folder) / "prompt_format.json", data)
 
     @classmethod
     def load(cls, folder: str | Path) -> PromptFormat:
@@ -85,5 +120,5 @@ class PromptFormat:
             raise RunFolderError("prompt_format.json missing", where=str(path), fix="re-run the stage") from None
 
 
-def from_config(style: str, system: str | None) -> PromptFormat:
-    return PromptFormat(style=style, system=system)
+def from_config(style: str, system: str | None, kind: str = "causal") -> PromptFormat:
+    return PromptFormat(style=style, system=system, kind=kind)

@@ -42,8 +42,9 @@ class LocalEngine:
         out = []
         device = next(self.lm.model.parameters()).device
         for i in range(0, len(pairs), bs):
-            exs = [Example(c + x, len(c)) for c, x in pairs[i : i + bs]]
-            ids, mask, labels = (t.to(device) for t in collate(exs, self.lm.tokenizer.pad_token_id))
+            exs = [Example(c + x, len(c)) for c, x in pairs[i : i + bs]]  # seq2seq: c the encoder's, x the labels
+            batch = collate(exs, self.lm.tokenizer.pad_token_id, seq2seq=self.lm.fmt.seq2seq)
+            ids, mask, labels = (t.to(device) for t in batch)
             with torch.no_grad(), adapter_off(self.lm, self.base):
                 sums, counts = sequence_nll(self.lm.model, ids, mask, labels)
             out += list(zip(sums, counts, strict=True))
@@ -72,9 +73,7 @@ class LocalEngine:
         return tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
 
     def text_ids(self, text: str, limit: int) -> list[int]:
-        tok = self.lm.tokenizer
-        head = [tok.bos_token_id] if tok.bos_token_id is not None and self.lm.fmt.style == "plain" else []
-        return (head + tok(text, add_special_tokens=False)["input_ids"])[:limit]
+        return self.lm.fmt.encode_text(self.lm.tokenizer, text)[:limit]
 
 
 def local_engine(spec: ModelSpec, cfg: EvalConfig, cache: dict[str, object]) -> LocalEngine:

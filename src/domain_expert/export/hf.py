@@ -145,10 +145,17 @@ def _max_diff(a: list, b: list) -> float:
 
 
 def _logits(model, batch: list[list[int]]) -> list:
+    """Logits at every position of each prompt. An encoder-decoder model reads the prompt with its encoder and the
+    same tokens, shifted right after its decoder start token, with its decoder: every weight is exercised and there
+    are as many positions as prompt tokens."""
     import torch
 
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    seq2seq = getattr(base.config, "is_encoder_decoder", False)
     out = []
     with torch.no_grad():
         for ids in batch:  # one at a time: no padding, so nothing but the weights can differ
-            out.append(model(input_ids=torch.tensor([ids])).logits[0].float())
+            x = torch.tensor([ids])
+            kw = {"decoder_input_ids": base.prepare_decoder_input_ids_from_labels(labels=x)} if seq2seq else {}
+            out.append(model(input_ids=x, **kw).logits[0].float())
     return out

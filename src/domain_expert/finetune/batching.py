@@ -16,9 +16,7 @@ def encode_records(records: list[Record], fmt: PromptFormat, tokenizer, max_len:
     out, truncated = [], 0
     for r in records:
         if r.is_text:
-            ids = tokenizer(r.text, add_special_tokens=False)["input_ids"]
-            if tokenizer.bos_token_id is not None and fmt.style == "plain":
-                ids = [tokenizer.bos_token_id] + ids
+            ids = fmt.encode_text(tokenizer, r.text)
             truncated += len(ids) > max_len
             out.append(Example(ids[:max_len], 1))
         else:

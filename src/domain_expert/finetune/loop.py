@@ -35,7 +35,8 @@ def validation_loss(tr: Trainer) -> float | None:
     total, count = 0.0, 0
     with torch.no_grad():
         for ch in chunks[d.rank :: d.world]:
-            ids, mask, labels = (x.to(d.device) for x in collate([val[i] for i in ch], tr.tokenizer.pad_token_id))
+            batch = collate([val[i] for i in ch], tr.tokenizer.pad_token_id, seq2seq=tr.data.fmt.seq2seq)
+            ids, mask, labels = (x.to(d.device) for x in batch)
             s, n = causal_lm_loss(tr.model, ids, mask, labels, reduction="sum")
             total, count = total + float(s), count + n
     total, count = distributed.all_sum(d, [total, float(count)])
@@ -47,7 +48,7 @@ def passes(tr: Trainer, mine: list[list[int]]) -> Iterator[tuple[object, int]]:
     """(summed loss, the examples' tokens) of each forward pass over this rank's rows of a step's batches."""
     from domain_expert.finetune.batching import collate_packed, packed_micro_batches, split_by_tokens
     from domain_expert.finetune.losses import packed_loss
-    from domain_expert.likelihood import causal_lm_loss, collate
+    from domain_expert.likelihood import IGNORE, causal_lm_loss, collate
 
     train, t, device, pad = tr.data.train, tr.cfg.train, tr.d.device, tr.tokenizer.pad_token_id
     for rows in mine:
@@ -60,8 +61,10 @@ def passes(tr: Trainer, mine: list[list[int]]) -> Iterator[tuple[object, int]]:
                 yield packed_loss(tr.model, pk)[0], pk.tokens
         else:
             for mb in split_by_tokens(rows, tr.data.lengths, t.max_batch_tokens):
-                ids, mask, labels = (x.to(device) for x in collate([train[i] for i in mb], pad))
-                yield causal_lm_loss(tr.model, ids, mask, labels, reduction="sum")[0], int(mask.sum())
+                batch = collate([train[i] for i in mb], pad, seq2seq=tr.data.fmt.seq2seq)
+                ids, mask, labels = (x.to(device) for x in batch)
+                tokens = int(mask.sum()) + int((labels != IGNORE).sum()) if tr.data.fmt.seq2seq else int(mask.sum())
+                yield causal_lm_loss(tr.model, ids, mask, labels, reduction="sum")[0], tokens
 
 
 def train_step(tr: Trainer, group: list[list[int]]) -> dict:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from domain_expert.config import RunConfig, TrainConfig
-from domain_expert.errors import DataError, RunFolderError
+from domain_expert.errors import ConfigError, DataError, RunFolderError
 from domain_expert.finetune import checkpoint, distributed, outputs, schedule
 from domain_expert.finetune.distributed import Dist
 from domain_expert.finetune.state import Data, Progress, Trainer, say
@@ -31,14 +31,21 @@ def check_prepared(data_dir: Path) -> dict:
 
 
 def resolve_base(cfg: RunConfig, d: Dist) -> tuple[ResolvedModel, str]:
-    """The base model's folder and its kind; only causal LMs fine-tune."""
-    from domain_expert.models.kinds import CAUSAL, model_kind, require_kind
+    """The base model's folder and its kind (causal or seq2seq); options a kind cannot use are refused here,
+    before any weights are loaded."""
+    from domain_expert.models.kinds import CAUSAL, SEQ2SEQ, model_kind, require_kind
     from domain_expert.models.reference import resolve_model
 
     # rank 0 first: it may fill the model cache
     resolved = distributed.main_first(d, lambda: resolve_model(cfg.model, progress=d.main))
     kind = model_kind(resolved.path)
-    require_kind(kind, (CAUSAL,), "fine-tuning", where=f"model={cfg.model}")
+    require_kind(kind, (CAUSAL, SEQ2SEQ), "fine-tuning", where=f"model={cfg.model}")
+    if kind == SEQ2SEQ and cfg.train.fuse_lora:
+        raise ConfigError(
+            "train.fuse_lora fuses a decoder-only layer's q/k/v and gate/up projections; this is a seq2seq model",
+            where=f"train.fuse_lora (model={cfg.model})",
+            fix="set train.fuse_lora=false",
+        )
     return resolved, kind
 
 
@@ -63,13 +70,13 @@ def attn_implementation(t: TrainConfig, device: str) -> str:
     return t.attn_implementation
 
 
-def load_data(cfg: RunConfig, data_dir: Path, tokenizer) -> Data:
-    """The prepared train and val splits, tokenised in the config's prompt format."""
+def load_data(cfg: RunConfig, data_dir: Path, tokenizer, kind: str = "causal") -> Data:
+    """The prepared train and val splits, tokenised in the config's prompt format for the model's kind."""
     from domain_expert.data.records import read_records
     from domain_expert.finetune.batching import encode_records
     from domain_expert.prompts import from_config
 
-    fmt = from_config(cfg.prompt.style, cfg.prompt.system)
+    fmt = from_config(cfg.prompt.style, cfg.prompt.system, kind)
     train_recs = read_records(data_dir / "train.jsonl")
     val_recs = read_records(data_dir / "val.jsonl")
     train, n_trunc = encode_records(train_recs, fmt, tokenizer, cfg.train.max_seq_len)
@@ -83,7 +90,7 @@ def load_data(cfg: RunConfig, data_dir: Path, tokenizer) -> Data:
     return Data(fmt, train, val, n_trunc)
 
 
-def add_lora(model, cfg: RunConfig, tokenizer):
+def add_lora(model, cfg: RunConfig, tokenizer, kind: str = "causal"):
     """Wrap `model` in a PEFT LoRA model as the config says; unknown target modules are refused by name."""
     from peft import LoraConfig, get_peft_model
 
@@ -110,7 +117,7 @@ def add_lora(model, cfg: RunConfig, tokenizer):
         lora_alpha=cfg.lora.alpha,
         lora_dropout=cfg.lora.dropout,
         target_modules=list(cfg.lora.target_modules),
-        task_type="CAUSAL_LM",
+        task_type="SEQ_2_SEQ_LM" if kind == "seq2seq" else "CAUSAL_LM",
     )
     return get_peft_model(model, lcfg)
 
@@ -122,10 +129,25 @@ def load_lora_model(cfg: RunConfig, path: str, tokenizer, *, dtype, device: str,
 
     t = cfg.train
     model = load_model(path, dtype=dtype, device=device, quantization=t.quantization, attn=attn, kind=kind)
-    model = add_lora(model, cfg, tokenizer)
+    model = add_lora(model, cfg, tokenizer, kind or "causal")
     if t.fuse_lora:
         fused_lora.fuse(model)  # this model only trains and saves its adapter: no need to undo
     return model
+
+
+def _packing(t: TrainConfig, attn: str, kind: str, note) -> bool:
+    """Whether batches run as packed rows. Packing changes speed, never the loss, so where it cannot apply the run
+    goes on with padded rows (split by length into passes: little padding) and says so once."""
+    if not t.packing:
+        return False
+    if kind != "causal":
+        # an encoder-decoder example is two sequences (encoder input, decoder labels): rows cannot be concatenated
+        note("train.packing applies to causal models only: this seq2seq model trains on padded rows split by length")
+        return False
+    if attn not in ("eager", "sdpa"):  # packed rows need a per-example attention mask (4D); flash kernels take none
+        note(f"train.packing is off with attn_implementation={attn} (it takes no per-example mask): padded batches")
+        return False
+    return True
 
 
 def optimizer(
@@ -168,14 +190,11 @@ def setup(cfg: RunConfig, data_dir: Path, out_dir: Path, *, overwrite: bool, res
     torch.manual_seed(cfg.train.seed)
 
     tokenizer = load_tokenizer(resolved.path)
-    data = load_data(cfg, data_dir, tokenizer)
+    data = load_data(cfg, data_dir, tokenizer, kind)
     distributed.check_fits(d, cfg.train.batch_size, len(data.train))
     attn = attn_implementation(cfg.train, device)
     model = load_lora_model(cfg, resolved.path, tokenizer, dtype=dtype, device=d.device, attn=attn, kind=kind)
-    # packed rows need a per-example attention mask (4D); flash-attention kernels take none
-    packing = cfg.train.packing and attn in ("eager", "sdpa")
-    if cfg.train.packing and not packing:
-        note(f"train.packing is off with attn_implementation={attn} (it takes no per-example mask): padded batches")
+    packing = _packing(cfg.train, attn, kind, note)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_total = sum(p.numel() for p in model.parameters())
     trainable, opt, mw, saved_rng = optimizer(cfg, model, dtype, d, ckpt)

@@ -8,11 +8,13 @@ reload check aside, which write and verify folders).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from domain_expert.models.kinds import CAUSAL, auto_class, kind_of_config, load_config
+from domain_expert.errors import UnsupportedModelError
+from domain_expert.models.kinds import CAUSAL, SEQ2SEQ, auto_class, kind_of_config, load_config
 from domain_expert.models.reference import RunModel, hub_guard, resolve_run
 from domain_expert.prompts import PromptFormat
 
@@ -61,14 +63,64 @@ def load_model(
     return model
 
 
+_TASK_KIND = {"CAUSAL_LM": CAUSAL, "SEQ_2_SEQ_LM": SEQ2SEQ}
+
+
 def attach_adapter(model, adapter_dir: str | Path, tokenizer, *, trainable: bool = False):
     """The run's LoRA adapter on `model` (a PeftModel), the embeddings first grown to the tokenizer if training
-    added tokens (a pad token)."""
+    added tokens (a pad token). An adapter trained for another kind of model, or on weights of other shapes, is
+    refused naming both."""
     from peft import PeftModel
 
+    check_adapter_fits(model, adapter_dir)
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))
-    return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
+    try:
+        return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
+    except RuntimeError as e:
+        if "size mismatch" not in str(e):
+            raise
+        raise UnsupportedModelError(
+            f"the adapter's weights do not fit {_model_label(model)} "
+            f"(adapter trained on {_adapter_base(adapter_dir)}): {str(e).splitlines()[-1].strip()[:160]}",
+            where=str(adapter_dir),
+            fix="load the adapter on the base model it was trained on (its finetune/stage.json names it)",
+        ) from None
+
+
+def check_adapter_fits(model, adapter_dir: str | Path) -> None:
+    """Refuse an adapter whose PEFT task (causal or seq2seq LM) is not the kind of `model`."""
+    import json
+
+    try:
+        task = json.loads((Path(adapter_dir) / "adapter_config.json").read_text(encoding="utf-8")).get("task_type")
+    except (OSError, ValueError):
+        return  # PEFT reports a missing or broken adapter itself
+    adapter_kind = _TASK_KIND.get(task or "")
+    model_kind = SEQ2SEQ if getattr(model.config, "is_encoder_decoder", False) else CAUSAL
+    if adapter_kind is not None and adapter_kind != model_kind:
+        raise UnsupportedModelError(
+            f"a {adapter_kind} adapter (task_type {task}, trained on {_adapter_base(adapter_dir)}) cannot load on "
+            f"{_model_label(model)}, a {model_kind} model",
+            where=str(adapter_dir),
+            fix="load the adapter on the base model it was trained on (its finetune/stage.json names it)",
+        )
+
+
+def _adapter_base(adapter_dir: str | Path) -> str:
+    import json
+
+    try:
+        cfg = json.loads((Path(adapter_dir) / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "an unknown base"
+    return str(cfg.get("base_model_name_or_path") or "an unknown base")
+
+
+def _model_label(model) -> str:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    name = getattr(base.config, "name_or_path", "") or getattr(base.config, "_name_or_path", "")
+    return f"{type(base).__name__} ({name})" if name else type(base).__name__
 
 
 def load_for_inference(
@@ -90,8 +142,8 @@ def load_for_inference(
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     tok = load_tokenizer(src.tokenizer_path)
-    fmt = src.prompt_format(tok)
     kind = kind_of_config(load_config(src.weights.path), where=src.weights.path)
+    fmt = dataclasses.replace(src.prompt_format(tok), kind=kind)  # a plain folder records no kind: its config says
     model = load_model(src.weights.path, dtype=dt, device=dev, kind=kind)
     has_adapter = False
     if src.has_adapter and adapter != "off":

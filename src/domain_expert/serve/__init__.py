@@ -41,7 +41,9 @@ def serve(
     import uvicorn
 
     served = name or model_name(run_path)
-    if engine == "vllm":
+    if _kind(run_path) == "seq2seq":
+        eng = _seq2seq_engine(run_path, served, engine, decoder, compile, device, dtype, max_queue, max_batch)
+    elif engine == "vllm":
         from domain_expert.serve.vllm_engine import VLLMEngine
 
         eng = VLLMEngine.from_run(run_path, served, max_queue=max_queue, max_batch=max_batch)
@@ -69,3 +71,29 @@ def serve(
         uvicorn.run(app, host=host, port=port, log_level="info")
     finally:
         eng.close()
+
+
+def _kind(run_path: str | Path) -> str:
+    from domain_expert.models.kinds import model_kind
+    from domain_expert.models.reference import resolve_run
+
+    return model_kind(resolve_run(run_path).weights.path)
+
+
+def _seq2seq_engine(run_path, served: str, engine: str, decoder: str, compile: bool, device: str, dtype: str,
+                    max_queue: int, max_batch: int):  # fmt: skip
+    """An encoder-decoder model's engine; options of the decoder-only engines are refused by name."""
+    from domain_expert.errors import ConfigError
+    from domain_expert.models.loader import load_for_inference
+    from domain_expert.serve.seq2seq_engine import Seq2SeqEngine
+
+    causal_only = {"--engine vllm": engine == "vllm", "--decoder": decoder != "auto", "--compile": compile}
+    for option, asked in causal_only.items():
+        if asked:
+            raise ConfigError(
+                f"{option} applies to decoder-only (causal) models; this is an encoder-decoder (seq2seq) model",
+                where=str(run_path),
+                fix=f"drop {option.split()[0]}: seq2seq models are served through model.generate",
+            )
+    lm = load_for_inference(run_path, device=device, dtype=dtype)
+    return Seq2SeqEngine(lm, served, max_queue=max_queue, max_batch=max_batch)
