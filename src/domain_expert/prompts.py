@@ -85,5 +85,11 @@ class PromptFormat:
             raise RunFolderError("prompt_format.json missing", where=str(path), fix="re-run the stage") from None
 
 
-def from_config(style: str, system: str | None) -> PromptFormat:
+def from_config(style: str, system: str | None, tokenizer=None) -> PromptFormat:
+    """The format a config asks for; `auto` becomes chat or plain here, from the tokenizer, and what is written into
+    prompt_format.json is that concrete style."""
+    if style == "auto":
+        if tokenizer is None:
+            raise ConfigError("prompt style 'auto' needs the model's tokenizer to choose", where="prompt.style")
+        style = "chat" if getattr(tokenizer, "chat_template", None) else "plain"
     return PromptFormat(style=style, system=system)
