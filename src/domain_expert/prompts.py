@@ -24,7 +24,7 @@ class PromptFormat:
                 raise ConfigError(
                     "prompt style 'chat' needs a tokenizer with a chat template, and this one has none",
                     where="prompt.style",
-                    fix="set prompt.style=plain for base (non-chat) models such as Llama-2-7b-hf",
+                    fix="set prompt.style=auto or plain for base (non-chat) models such as Llama-2-7b-hf",
                 )
             messages = [{"role": "system", "content": self.system}] if self.system else []
             messages.append({"role": "user", "content": prompt})
