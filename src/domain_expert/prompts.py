@@ -43,7 +43,7 @@ class PromptFormat:
                 raise ConfigError(
                     "prompt style 'chat' needs a tokenizer with a chat template, and this one has none",
                     where="prompt.style",
-                    fix="set prompt.style=plain for base (non-chat) models such as Llama-2-7b-hf",
+                    fix="set prompt.style=auto or plain for base (non-chat) models such as Llama-2-7b-hf",
                 )
             messages = [{"role": "system", "content": self.system}] if self.system else []
             messages.append({"role": "user", "content": prompt})
@@ -120,5 +120,11 @@ class PromptFormat:
             raise RunFolderError("prompt_format.json missing", where=str(path), fix="re-run the stage") from None
 
 
-def from_config(style: str, system: str | None, kind: str = "causal") -> PromptFormat:
+def from_config(style: str, system: str | None, tokenizer=None, kind: str = "causal") -> PromptFormat:
+    """The format a config asks for; `auto` becomes chat or plain here, from the tokenizer, and what is written into
+    prompt_format.json is that concrete style."""
+    if style == "auto":
+        if tokenizer is None:
+            raise ConfigError("prompt style 'auto' needs the model's tokenizer to choose", where="prompt.style")
+        style = "chat" if getattr(tokenizer, "chat_template", None) else "plain"
     return PromptFormat(style=style, system=system, kind=kind)

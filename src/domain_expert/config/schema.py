@@ -101,7 +101,11 @@ class DataConfig(_Strict):
 class PromptConfig(_Strict):
     """How a record becomes model input. Written next to the adapter so every later stage uses the same one."""
 
-    style: Literal["chat", "plain"] = Field("chat", description="chat: the tokenizer's chat template; plain: Q/A")
+    style: Literal["auto", "chat", "plain"] = Field(
+        "auto",
+        description="chat: the tokenizer's chat template; plain: Q/A; auto: chat when the model has a template, "
+        "else plain (base models such as gemma3-270m)",
+    )
     system: str | None = Field(
         "You are a medical terminology assistant. Answer briefly and precisely.",
         description="system message for chat style; null = none",

@@ -76,7 +76,7 @@ def load_data(cfg: RunConfig, data_dir: Path, tokenizer, kind: str = "causal") -
     from domain_expert.finetune.batching import encode_records
     from domain_expert.prompts import from_config
 
-    fmt = from_config(cfg.prompt.style, cfg.prompt.system, kind)
+    fmt = from_config(cfg.prompt.style, cfg.prompt.system, tokenizer, kind)
     train_recs = read_records(data_dir / "train.jsonl")
     val_recs = read_records(data_dir / "val.jsonl")
     train, n_trunc = encode_records(train_recs, fmt, tokenizer, cfg.train.max_seq_len)

@@ -55,7 +55,7 @@ def resolve_model(ref: str, *, progress: bool = True) -> ResolvedModel:
     if ref in BUILTINS:
         b = BUILTINS[ref]
         folder = ensure_converted(b, progress=progress)
-        return ResolvedModel(ref, str(folder), "builtin", f"{b.hub_id} (GGUF Q4_1 from PyPI {b.package})", b.license)
+        return ResolvedModel(ref, str(folder), "builtin", b.origin, b.license)
     p = Path(ref).expanduser()
     if p.exists():
         if not (p / "config.json").exists():
