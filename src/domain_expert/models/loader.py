@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from domain_expert.errors import UnsupportedModelError
-from domain_expert.models.kinds import CAUSAL, SEQ2SEQ, auto_class, kind_of_config, load_config
+from domain_expert.models.kinds import CAUSAL, SEQ2SEQ, auto_class, model_kind
 from domain_expert.models.reference import RunModel, hub_guard, resolve_run
 from domain_expert.prompts import PromptFormat
 
@@ -42,7 +42,7 @@ def load_model(
     kind: str | None = None,
 ):
     """A base model from a folder or hub id, with the head its kind needs. `quantization="4bit"`: NF4 (QLoRA, CUDA)."""
-    kind = kind or kind_of_config(load_config(path), where=path)
+    kind = kind or model_kind(path)
     kwargs: dict = {"dtype": dtype}
     if attn != "auto":
         kwargs["attn_implementation"] = attn
@@ -142,7 +142,7 @@ def load_for_inference(
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     tok = load_tokenizer(src.tokenizer_path)
-    kind = kind_of_config(load_config(src.weights.path), where=src.weights.path)
+    kind = model_kind(src.weights.path)
     fmt = dataclasses.replace(src.prompt_format(tok), kind=kind)  # a plain folder records no kind: its config says
     model = load_model(src.weights.path, dtype=dt, device=dev, kind=kind)
     has_adapter = False

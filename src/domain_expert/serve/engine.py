@@ -145,15 +145,14 @@ class ChatEngine:
 
     def _encode(self, messages: list[dict] | str) -> list[int]:
         tok, fmt = self.tokenizer, self.fmt
-        if isinstance(messages, str):  # raw text: the tokenizer's own special tokens (BOS if it adds one)
-            return tok(messages)["input_ids"]
+        if isinstance(messages, str):
+            if fmt.seq2seq:  # an encoder's input ends with EOS, as in training
+                return tok(messages, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+            return tok(messages)["input_ids"]  # raw text: the tokenizer's own special tokens (BOS if it adds one)
         if messages and messages[0]["role"] == "system":  # the client's system prompt replaces the trained one
             fmt = dataclasses.replace(fmt, system=messages[0]["content"])
             messages = messages[1:]
-        ids = tok(fmt.render_messages(tok, messages), add_special_tokens=False)["input_ids"]
-        if fmt.style == "plain" and tok.bos_token_id is not None:
-            ids = [tok.bos_token_id, *ids]
-        return ids
+        return fmt.encode_messages(tok, messages)  # the trained format, as generate and training encode it
 
     def count_prompt_tokens(self, model: str, messages: list[dict] | str) -> int:
         self._is_base(model)

@@ -11,7 +11,6 @@ delta when streamed; per-token log-probs and echo are refused (HTTP 400) rather 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import queue
 import threading
 from dataclasses import dataclass, field
@@ -60,16 +59,6 @@ class Seq2SeqEngine(ChatEngine):
         self._closed = False
         self._thread = threading.Thread(target=self._work, name="seq2seq-engine", daemon=True)
         self._thread.start()
-
-    def _encode(self, messages: list[dict] | str) -> list[int]:
-        """The encoder's input: a conversation in the trained format, or a raw text prompt, each ended by EOS."""
-        tok, fmt = self.tokenizer, self.fmt
-        if isinstance(messages, str):
-            return tok(messages, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-        if messages and messages[0]["role"] == "system":  # the client's system prompt replaces the trained one
-            fmt = dataclasses.replace(fmt, system=messages[0]["content"])
-            messages = messages[1:]
-        return fmt.encode_messages(tok, messages)
 
     async def _stream(self, request: GenerationRequest):
         base = self._is_base(request.model)
