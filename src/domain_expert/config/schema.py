@@ -91,8 +91,25 @@ class HubSource(_Strict):
 Source = Annotated[MedicalTermsSource | FileSource | DocumentsSource | HubSource, Field(discriminator="kind")]
 
 
+class ProbesConfig(_Strict):
+    """Knowledge-uptake probes (data/probes.py): facts the sources state, asked in formats training never uses."""
+
+    enabled: bool = Field(True, description="build data/probes.jsonl in prepare and score it in evaluate")
+    formats: list[Literal["cloze", "mc", "short"]] = Field(
+        default_factory=lambda: ["cloze", "mc", "short"],
+        min_length=1,
+        description="cloze: raw text completed by the answer; mc: an unseen question, options by likelihood; "
+        "short: the unseen question answered freely",
+    )
+    choices: int = Field(4, ge=2, description="options per cloze / multiple-choice probe (1 right + distractors)")
+    on_leak: Literal["refuse", "drop"] = Field(
+        "refuse", description="a held-out fact stated in the training data: refuse to prepare, or drop its probes"
+    )
+
+
 class DataConfig(_Strict):
     sources: list[Source] = Field(default_factory=lambda: [MedicalTermsSource()], min_length=1)
+    probes: ProbesConfig = Field(default_factory=ProbesConfig)
     val_fraction: float = Field(0.05, ge=0, lt=0.5, description="share of groups (e.g. terms) held out for val")
     test_fraction: float = Field(0.1, ge=0, lt=0.5, description="share of groups held out for test")
     seed: int = 0

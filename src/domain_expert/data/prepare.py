@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from pathlib import Path
@@ -103,8 +104,15 @@ def run(cfg: RunConfig, out_dir: str | Path, *, overwrite: bool = False) -> Path
         raise DataError(
             "the train split is empty", where="data", fix="add data, or lower data.val_fraction / data.test_fraction"
         )
+    probes, probe_counts = _probes(results, splits, cfg)
     with staged_dir(out_dir, overwrite=overwrite) as tmp:
         outputs: dict[str, Any] = {}
+        if cfg.data.probes.enabled:
+            path = tmp / "probes.jsonl"
+            with open(path, "w", encoding="utf-8") as f:
+                for it in probes:
+                    f.write(json.dumps(it, ensure_ascii=False) + "\n")
+            outputs["probes.jsonl"] = {**probe_counts, "sha256": sha256_file(path)}
         for s in SPLITS:
             path = tmp / f"{s}.jsonl"
             with open(path, "w", encoding="utf-8") as f:
@@ -145,6 +153,17 @@ def run(cfg: RunConfig, out_dir: str | Path, *, overwrite: bool = False) -> Path
         }
         write_json_atomic(tmp / "manifest.json", manifest)
     return out_dir
+
+
+def _probes(results: list[SourceResult], splits: dict[str, list[Record]], cfg: RunConfig) -> tuple[list, dict]:
+    """Uptake probes from the facts the sources stated (data/probes.py), labelled held-in / held-out by the split."""
+    p = cfg.data.probes
+    if not p.enabled:
+        return [], {}
+    from domain_expert.data.probes import build_probes
+
+    facts = [f for res in results for f in res.facts]
+    return build_probes(facts, splits, choices=p.choices, seed=cfg.data.seed, formats=p.formats, on_leak=p.on_leak)
 
 
 def _count(items) -> dict[str, int]:

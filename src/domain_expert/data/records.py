@@ -38,6 +38,7 @@ class SourceResult:
     records: list[Record]
     inputs: list[dict[str, Any]] = field(default_factory=list)  # [{"path": ..., "sha256": ...}]
     notes: dict[str, Any] = field(default_factory=dict)  # counts of skipped rows etc., copied into the manifest
+    facts: list[Any] = field(default_factory=list)  # data.probes.Fact: what the records state, for uptake probes
 
 
 def read_records(path: str | Path) -> list[Record]:
