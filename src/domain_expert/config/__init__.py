@@ -30,6 +30,7 @@ from domain_expert.config.schema import (
 
 __all__ = [
     "DEFAULT_MODEL", "HEMATOLOGY_BRANCH", "DataConfig", "DocumentsSource", "EvalConfig", "ExportConfig", "FileSource",
-    "HubSource", "JudgeConfig", "LoraConfig", "MedicalTermsSource", "ProbesConfig", "PromptConfig", "RunConfig", "TrainConfig",
+    "HubSource", "JudgeConfig", "LoraConfig", "MedicalTermsSource", "ProbesConfig", "PromptConfig", "RunConfig",
+    "TrainConfig",
     "apply_override", "config_differences", "dump_config", "load_config", "resolve_config_path", "shipped_configs",
 ]  # fmt: skip

@@ -10,8 +10,9 @@ probe items and writes them to `data/probes.jsonl`:
   or an accepted alias (case and punctuation ignored).
 
 Whether a fact is held-in (taught: its group is in the train split) or held-out (its group is in the test split; never
-seen) is decided here, after the split. A held-out fact that a training record states (its evidence and its answer together) is a leak: the
-report would call memorisation generalisation, so `prepare` refuses (or, by option, drops those probes), naming them.
+seen) is decided here, after the split. A held-out fact that a training record states (its evidence and its answer
+together) is a leak: the report would call memorisation generalisation, so `prepare` refuses (or, by option, drops
+those probes), naming them.
 """
 
 from __future__ import annotations
