@@ -11,7 +11,13 @@ from pathlib import Path
 def cpu_has_native_bf16() -> bool:
     """True when the CPU runs bf16 matrix products natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated and
     can be slower than fp32, so we only choose it where it pays (matrix products ~2.1x fp32 on an AVX512-BF16
-    EPYC: bench/cpu_pass_cost.py, docs/benchmarks.md)."""
+    EPYC: bench/cpu_pass_cost.py, docs/benchmarks.md). DOMAIN_EXPERT_NATIVE_BF16=0 (or 1) overrides the detection:
+    with ATEN_CPU_CAPABILITY=avx2 it makes an AVX-512 machine behave as an AVX2-only one (fp32 everywhere)."""
+    import os
+
+    forced = os.environ.get("DOMAIN_EXPERT_NATIVE_BF16")
+    if forced in ("0", "1"):
+        return forced == "1"
     if platform.machine().lower() in ("arm64", "aarch64"):
         flags = cpu_flags()
         return "bf16" in flags or "sve_bf16" in flags

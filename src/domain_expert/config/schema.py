@@ -33,6 +33,9 @@ class MedicalTermsSource(_Strict):
         description="question kinds per term; reverse asks definition -> term, so the model learns both ways",
     )
     include_comment: bool = Field(False, description="append the HPO clinical comment to 'explain' answers")
+    wordings: int = Field(
+        1, ge=1, le=3, description="question wordings per define / reverse record (each a record of its own)"
+    )
 
 
 class FileSource(_Strict):
@@ -229,6 +232,10 @@ class EvalConfig(_Strict):
     show_examples: int = Field(6, ge=0, description="base vs tuned answers printed at the end of `run`")
     mc_choices: int = Field(4, ge=2, description="options per term-recognition question (1 right + distractors)")
     general_chunks: int = Field(24, ge=0, description="general-English chunks for the forgetting guard; 0 = off")
+    probe_facts: int | None = Field(
+        120, ge=0, description="uptake-probe facts per side (held-in, held-out) per model, sampled; null = all"
+    )
+    probe_new_tokens: int = Field(24, gt=0, description="longest free answer to a short probe question")
     general_tokens: int = Field(128, gt=8)
     bootstrap_resamples: int = Field(10000, ge=100)
     seed: int = 0

@@ -148,7 +148,13 @@ def neighbours_of(terms: dict[str, Term], children: dict[str, list[str]], term: 
 
 
 def term_records(
-    term: Term, source: str, *, include_comment: bool, tasks: list[str], neighbours: dict[str, list[str]] | None = None
+    term: Term,
+    source: str,
+    *,
+    include_comment: bool,
+    tasks: list[str],
+    neighbours: dict[str, list[str]] | None = None,
+    wordings: int = 1,
 ) -> list[Record]:
     """A term's records; `neighbours` (from `neighbours_of`) go into the define record's meta only, the one evaluation
     turns into a multiple-choice question."""
@@ -209,7 +215,25 @@ def term_records(
                 meta=meta,
             )
         )
-    return recs
+    return recs + _rewordings(recs, term, wordings)
+
+
+# Further wordings of the define and reverse questions (`wordings` > 1): the same fact in varied phrasings, which is
+# how a model stores it rather than one question's surface. None of them is a probe wording (term_fact).
+DEFINE_WORDINGS = ("Define {name}.", "What does the term {name} mean?")
+REVERSE_WORDINGS = ("What is the medical term for the following? {d}", "Name the term for this description: {d}")
+
+
+def _rewordings(recs: list[Record], term: Term, wordings: int) -> list[Record]:
+    out = []
+    for r in recs:
+        table = DEFINE_WORDINGS if r.task == "define" else REVERSE_WORDINGS if r.task == "reverse" else ()
+        for i, pattern in enumerate(table[: wordings - 1], 1):
+            prompt = pattern.format(name=_in_sentence(term.name), d=term.definition or "")
+            meta = {k: v for k, v in r.meta.items() if k != "neighbours"}
+            out.append(Record(f"{r.id}{i}", r.group, r.source, r.task, prompt, r.completion,
+                              meta={**meta, "wording": i}))  # fmt: skip
+    return out
 
 
 def term_fact(terms: dict[str, Term], children: dict[str, list[str]], term: Term, source: str, seed: int):
@@ -276,6 +300,7 @@ def load_medical_terms(cfg, seed: int) -> SourceResult:
             "medical-terms",
             include_comment=cfg.include_comment,
             tasks=cfg.tasks,
+            wordings=cfg.wordings,
             neighbours=neighbours_of(terms, children, t),
         )
     ]

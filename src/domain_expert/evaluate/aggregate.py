@@ -15,8 +15,11 @@ METRICS = {
     "embed_sim": ("Embedding similarity", "generation", True, "continuous"),
     "stopped": ("Stop rate (EOS before limit)", "generation", True, "binary"),
     "answer_tokens": ("Answer length (tokens)", "generation", None, "continuous"),
+    "length_gap": ("Answer length gap to the reference (words)", "generation", False, "continuous"),
     "ref_nll": ("Reference answer NLL", "likelihood", False, "continuous"),
     "correct": ("Term recognition accuracy (MC)", "mc", True, "binary"),
+    "probe_held_in": ("Knowledge uptake: taught facts, unseen formats", "probes", True, "binary"),
+    "probe_held_out": ("Knowledge uptake: held-out facts, same formats", "probes", True, "binary"),
     "general_nll": ("General-English NLL (forgetting guard)", "general", False, "continuous"),
     "domain_nll": ("Held-out domain text NLL", "domain_text", False, "continuous"),
     "judge_correct": ("LLM judge: correct (1-5)", "judge", True, "continuous"),
@@ -26,8 +29,11 @@ METRICS = {
 NLL_METRICS = {"ref_nll", "general_nll", "domain_nll"}
 # the item kind a metric's values come from: its group, except reference NLL, which is scored on generation items
 KIND_OF = {m: "generation" if group == "likelihood" else group for m, (_, group, _, _) in METRICS.items()}
+KIND_OF.update(probe_held_in="probe", probe_held_out="probe")
 # the row field a metric averages, where it differs from the metric's name
-FIELD_OF = {"general_nll": "nll", "domain_nll": "nll"}
+FIELD_OF = {"general_nll": "nll", "domain_nll": "nll", "probe_held_in": "correct", "probe_held_out": "correct"}
+# metrics over a subset of a kind's rows: (row field, value)
+WHERE_OF = {"probe_held_in": ("split", "held_in"), "probe_held_out": ("split", "held_out")}
 
 Rows = dict[tuple[str, str], dict[str, dict]]  # (model, kind) -> item id -> row
 
@@ -46,6 +52,7 @@ def aggregate(rows: list[dict], specs: list[ModelSpec], items: dict, cfg: EvalCo
                                 "reason": "chat endpoints return no token log-likelihoods"})  # fmt: skip
     base = specs[0].label
     comparisons = [c for s in specs[1:] for c in _compare(by, base, s.label, cfg, vocab, skipped)]
+    probes = [c for s in specs[1:] for c in _probe_breakdown(by, base, s.label, cfg)]
     return {
         "stage": "evaluate",
         "seed": cfg.seed,
@@ -55,6 +62,8 @@ def aggregate(rows: list[dict], specs: list[ModelSpec], items: dict, cfg: EvalCo
         "n_items": {k: len(v) for k, v in items.items()},
         "per_model": per_model,
         "comparisons": comparisons,
+        "probe_breakdown": probes,
+        "learned": {s.label: learned(comparisons, s.label) for s in specs[1:]},
         "skipped": skipped,
     }
 
@@ -62,12 +71,23 @@ def aggregate(rows: list[dict], specs: list[ModelSpec], items: dict, cfg: EvalCo
 def _values(by: Rows, label: str, metric: str) -> dict[str, float]:
     """Item id -> the metric's value for one model; items where it is None (not scored) are left out."""
     field = FIELD_OF.get(metric, metric)
+    where = WHERE_OF.get(metric)
     out = {}
     for i, r in by.get((label, KIND_OF[metric]), {}).items():
-        v = r.get(field)
+        if where is not None and r.get(where[0]) != where[1]:
+            continue
+        v = _length_gap(r) if metric == "length_gap" else r.get(field)
         if v is not None:
             out[i] = float(v)
     return out
+
+
+def _length_gap(row: dict) -> float | None:
+    """How far an answer's length is from its reference's, in words: the form a tuned model learns (terse, stops
+    where the references stop) whether or not it learned their content."""
+    if row.get("reference") is None or row.get("answer") is None:
+        return None
+    return abs(len(row["answer"].split()) - len(row["reference"].split()))
 
 
 def _model_means(by: Rows, label: str) -> dict[str, float | int | None]:
@@ -112,3 +132,53 @@ def _compare(by: Rows, base: str, other: str, cfg: EvalConfig, vocab: dict, skip
         res["dropped"] = res.get("n_dropped", 0)
         out.append(res)
     return out
+
+
+def _probe_breakdown(by: Rows, base: str, other: str, cfg: EvalConfig) -> list[dict]:
+    """Uptake per side (held-in / held-out) and probe format, then per side and kind of fact: where a change comes
+    from (a model may learn cloze completions before free answers)."""
+    from domain_expert.evaluate.stats import compare_metric
+
+    a_rows, b_rows = by.get((base, "probe"), {}), by.get((other, "probe"), {})
+    out = []
+    for field in ("format", "fact_kind"):
+        for side in ("held_in", "held_out"):
+            for value in sorted({r[field] for r in a_rows.values() if r["split"] == side}):
+                ids = sorted(i for i, r in a_rows.items() if r["split"] == side and r[field] == value and i in b_rows)
+                if not ids:
+                    continue
+                res = compare_metric(f"probe:{side}:{value}", [float(a_rows[i]["correct"]) for i in ids],
+                                     [float(b_rows[i]["correct"]) for i in ids], higher_is_better=True, kind="binary",
+                                     seed=cfg.seed, n_resamples=cfg.bootstrap_resamples)  # fmt: skip
+                res.update({"side": side, "by": field, "value": value, "a": base, "b": other})
+                out.append(res)
+    return out
+
+
+# what counts as evidence of each kind of learning: content = facts it was taught, in formats it never saw; style =
+# the form of its answers (stops where references stop, references' length); generalises = facts it was never taught
+CONTENT, STYLE, GENERAL = ("probe_held_in",), ("stopped", "length_gap"), ("probe_held_out",)
+
+
+def learned(comparisons: list[dict], label: str) -> dict:
+    """What "better" means for one tuned model: content learned, style learned, both, or neither detectably; from the
+    verdicts of the comparisons above (computed, never typed in)."""
+    verdicts = {c["metric"]: c["verdict"] for c in comparisons if c["b"] == label}
+
+    def status(metrics: tuple[str, ...]) -> str | None:
+        got = [verdicts[m] for m in metrics if m in verdicts]
+        if not got:
+            return None  # not measured (no probes, or no generation items)
+        return "better" if "better" in got else "worse" if "worse" in got else "no detectable difference"
+
+    content, style, general = status(CONTENT), status(STYLE), status(GENERAL)
+    if content == "better" and style == "better":
+        summary = "content and style"
+    elif content == "better":
+        summary = "content"
+    elif style == "better":
+        summary = "style only" if content is not None else "style (content not probed)"
+    else:
+        summary = "nothing detectable" if content is not None else "nothing detectable (content not probed)"
+    return {"content": content, "style": style, "generalises": general, "summary": summary,
+            "evidence": {"content": list(CONTENT), "style": list(STYLE), "generalises": list(GENERAL)}}  # fmt: skip

@@ -34,13 +34,16 @@ def build_items(run_dir: Path, cfg: EvalConfig, skipped: list[dict] | None = Non
     if not records:
         raise DataError("the test split is empty", where=str(test_path),
                         fix="raise data.test_fraction or add data, then prepare again")  # fmt: skip
-    qa = [r for r in records if r.prompt and r.task in ("define", "qa")] or [r for r in records if r.prompt]
+    # one question per fact: further wordings of the same question (data/hpo.py) would only repeat its reference
+    asked = [r for r in records if r.prompt and not r.meta.get("wording")]
+    qa = [r for r in asked if r.task in ("define", "qa")] or asked
     generation = [{"id": r.id, "prompt": r.prompt, "reference": r.completion} for r in qa]
     mc, reason = mc_items([r for r in records if r.task == "define"], cfg)
     if reason is not None and skipped is not None:
         skipped.append({"metric": "correct", "model": "*", "reason": reason})
     texts = subsample([r for r in records if r.is_text], cfg.max_items, cfg.seed)
     return {
+        "probe": probe_items(run_dir / "data" / "probes.jsonl", cfg),
         "generation": subsample(generation, cfg.max_items, cfg.seed),
         "mc": mc,
         "general": general_items(cfg),
@@ -87,6 +90,22 @@ def _mc_item(rid: str, meta: dict, cfg: EvalConfig) -> dict | None:
     rng.shuffle(options)
     question = f"Which medical term is defined as: {meta['definition']}"
     return {"id": rid, "question": question, "options": options, "answer_index": options.index(term)}
+
+
+def probe_items(path: Path, cfg: EvalConfig) -> list[dict]:
+    """The uptake probes `prepare` wrote (data/probes.py): all formats of up to `probe_facts` facts per side, the
+    same facts for every model. A run prepared before probes existed has none."""
+    if not path.exists() or cfg.probe_facts == 0:
+        return []
+    from domain_expert.evaluate.rows import read_rows
+
+    items = read_rows(path)
+    out = []
+    for side in ("held_in", "held_out"):
+        facts = sorted({it["fact"] for it in items if it["split"] == side})
+        keep = set(subsample(facts, cfg.probe_facts, cfg.seed))
+        out += [it for it in items if it["split"] == side and it["fact"] in keep]
+    return out
 
 
 def general_items(cfg: EvalConfig) -> list[dict]:

@@ -18,11 +18,13 @@ def score_model(out: ModelRows, engine: LocalEngine | EndpointEngine, items: dic
                 embedder: Embedder | None, progress: bool) -> None:  # fmt: skip
     """Append the model's missing rows; `embedder` is the shared sentence encoder (None: no questions to answer)."""
     generation_rows(out, engine, items, cfg, embedder, progress)
+    probe_short_rows(out, engine, items, cfg, progress)
     if cfg.judge.url:
         judge_rows(out, items, cfg, progress)
     if not isinstance(engine, LocalEngine):
         return  # likelihood-based items need token scores, which chat endpoints do not give
     mc_rows(out, engine, items, cfg, progress)
+    probe_choice_rows(out, engine, items, cfg, progress)
     for kind in ("general", "domain_text"):
         text_rows(out, engine, items, kind, cfg, progress)
 
@@ -100,3 +102,47 @@ def text_rows(out: ModelRows, engine: LocalEngine, items: dict[str, list[dict]],
             pairs.append((ids[:1], ids[1:]))
         for it, (s, n) in zip(chunk, engine.nll(pairs), strict=True):
             out.emit({"model": out.label, "kind": kind, "id": it["id"], "nll": s / max(1, n), "tokens": n})
+
+
+def _probe_row(out: ModelRows, it: dict, **fields) -> None:
+    out.emit({"model": out.label, "kind": "probe", "id": it["id"], "fact": it["fact"], "split": it["split"],
+              "format": it["format"], "fact_kind": it["kind"], **fields})  # fmt: skip
+
+
+def probe_short_rows(out: ModelRows, engine: LocalEngine | EndpointEngine, items: dict[str, list[dict]],
+                     cfg: EvalConfig, progress: bool) -> None:  # fmt: skip
+    """Uptake probes asked as a free question (data/probes.py): right when the greedy answer names the fact."""
+    from domain_expert.data.probes import short_answer_correct
+
+    rest = [it for it in out.todo(items, "probe") if it["format"] == "short"]
+    for chunk in _batches(rest, cfg.batch_size, f"probe-q  [{out.label}]", progress):
+        answers = engine.generate([it["question"] for it in chunk], cfg.probe_new_tokens)
+        for it, a in zip(chunk, answers, strict=True):
+            _probe_row(out, it, question=it["question"], answer=a["text"], accept=it["accept"],
+                       correct=short_answer_correct(a["text"], it["accept"]))  # fmt: skip
+
+
+def probe_choice_rows(out: ModelRows, engine: LocalEngine, items: dict[str, list[dict]], cfg: EvalConfig,
+                      progress: bool) -> None:  # fmt: skip
+    """Uptake probes with options (cloze completions and unseen-wording multiple choice): the option with the highest
+    log-likelihood per character is the model's choice (lm-evaluation-harness's acc_norm: options such as whole
+    definitions differ in length, and a summed log-likelihood would favour the shortest)."""
+    rest = [it for it in out.todo(items, "probe") if it["format"] != "short"]
+    for chunk in _batches(rest, cfg.batch_size, f"probe-mc [{out.label}]", progress):
+        pairs = []
+        for it in chunk:
+            for o in it["options"]:
+                if it["format"] == "cloze":
+                    pairs.append(engine.cloze_ids(it["context"], o))
+                else:
+                    pairs.append((engine.prompt_ids(it["question"]), engine.answer_ids(o)))
+        scores = engine.nll(pairs)
+        k = 0
+        for it in chunk:
+            n = len(it["options"])
+            ll = [-s for s, _ in scores[k : k + n]]
+            k += n
+            norm = [v / max(1, len(o)) for v, o in zip(ll, it["options"], strict=True)]
+            chosen = max(range(n), key=norm.__getitem__)
+            _probe_row(out, it, options=it["options"], answer_index=it["answer_index"], logliks=ll, chosen=chosen,
+                       correct=chosen == it["answer_index"])  # fmt: skip

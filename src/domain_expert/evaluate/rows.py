@@ -77,7 +77,10 @@ class ModelRows:
     def todo(self, items: dict[str, list[dict]], kind: str) -> list[dict]:
         rest = [it for it in items[kind] if (self.label, kind, it["id"]) not in self.done]
         # batches of similar length waste little on padding (definitions range from 5 to 150+ tokens)
-        return sorted(rest, key=lambda it: len(it.get("prompt") or it.get("question") or it.get("text") or ""))
+        return sorted(
+            rest,
+            key=lambda it: len(it.get("prompt") or it.get("question") or it.get("context") or it.get("text") or ""),
+        )
 
     def emit(self, row: dict) -> None:
         self.sink.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -72,6 +72,15 @@ class LocalEngine:
         tok = self.lm.tokenizer
         return tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
 
+    def cloze_ids(self, context: str, option: str) -> tuple[list[int], list[int]]:
+        """Raw text and the option that completes it (a space between, no chat template, no EOS): for a causal model
+        one running text; for seq2seq the context is the encoder's input and the option the labels."""
+        tok, fmt = self.lm.tokenizer, self.lm.fmt
+        cont = tok(" " + option if not fmt.seq2seq else option, add_special_tokens=False)["input_ids"]
+        if fmt.seq2seq:
+            return tok(context, add_special_tokens=False)["input_ids"] + [tok.eos_token_id], cont + [tok.eos_token_id]
+        return fmt.encode_text(tok, context), cont
+
     def text_ids(self, text: str, limit: int) -> list[int]:
         return self.lm.fmt.encode_text(self.lm.tokenizer, text)[:limit]
 

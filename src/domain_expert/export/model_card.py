@@ -33,7 +33,9 @@ def model_card(
         sources=data_manifest.get("sources", []),
         split_seed=data_manifest.get("split", {}).get("seed", "?"),
         split_line=", ".join(
-            f"{k.split('.')[0]} {v['records']} records / {v['groups']} groups" for k, v in outputs.items()
+            f"{k.split('.')[0]} {v['records']} records / {v['groups']} groups"
+            for k, v in outputs.items()
+            if "records" in v  # the splits; probes.jsonl has its own counts
         ),
         dtype=dtype,
         fidelity=fidelity,

@@ -37,6 +37,7 @@ def build(inp: Inputs) -> dict:
     return {
         **_header(inp, main),
         **_verdicts(pairs),
+        "learned": _learned(inp, main, comp),
         **_examples(inp, main, comp),
         **_stops(inp, main, comp),
         "mc": _multiple_choice(inp, main, comp),
@@ -92,6 +93,45 @@ def _verdicts(pairs: list[Pair]) -> dict:
     return {
         "pairs": [{"a": p.a, "b": p.b, "lines": [comparison_view(c) for c in p.comparisons]} for p in pairs],
         "headline": headline,
+    }
+
+
+SIDE_TITLE = {"held_in": "taught (held-in)", "held_out": "never taught (held-out)"}
+SUMMARY_TEXT = {
+    "content and style": "{b} learned content and style: it recalls facts it was taught, asked in formats it never "
+    "saw in training, and its answers took the references' form.",
+    "content": "{b} learned content: it recalls facts it was taught, asked in formats it never saw in training; the "
+    "form of its answers did not change detectably.",
+    "style only": "{b} learned style only: its answers took the references' form (when to stop, how long), but it "
+    "does not recall the facts it was taught detectably better than {a} when asked in unseen formats.",
+    "style (content not probed)": "{b} learned style: its answers took the references' form; no knowledge probes "
+    "were scored, so whether it learned content is not measured.",
+}
+
+
+def _learned(inp: Inputs, main: Pair, comp: dict[str, dict]) -> dict | None:
+    """What "better" means for the main pair (evaluate's `learned`), with the uptake probes by side and format."""
+    info = dig(inp.metrics, "learned", main.b)
+    if not isinstance(info, dict):
+        return None
+    summary = str(info.get("summary"))
+    text = SUMMARY_TEXT.get(summary, "No detectable learning of content or style by {b} over {a}.")
+    rows = []
+    for c in inp.metrics.get("probe_breakdown") or []:
+        if c.get("b") != main.b or c.get("by") != "format":
+            continue
+        rows.append({"side": SIDE_TITLE.get(str(c.get("side")), str(c.get("side"))), "format": str(c.get("value")),
+                     **comparison_view(c), "a_mean": fmt_pct(c.get("base_mean")),
+                     "b_mean": fmt_pct(c.get("tuned_mean"))})  # fmt: skip
+    lines = [comparison_view(comp[k]) for k in ("probe_held_in", "probe_held_out") if k in comp]
+    return {
+        "summary": summary,
+        "text": text.format(a=main.a, b=main.b),
+        "content": str(info.get("content") or "not measured"),
+        "style": str(info.get("style") or "not measured"),
+        "generalises": str(info.get("generalises") or "not measured"),
+        "lines": lines,
+        "rows": rows,
     }
 
 
