@@ -79,12 +79,9 @@ def mc_rows(out: ModelRows, engine: LocalEngine, items: dict[str, list[dict]], c
     after the question (summed, not per token) is its choice."""
     rest = out.todo(items, "mc")
     for chunk in _batches(rest, cfg.batch_size, f"choose   [{out.label}]", progress):
-        pairs = [(engine.prompt_ids(it["question"]), engine.answer_ids(o)) for it in chunk for o in it["options"]]
-        scores = engine.nll(pairs)
-        k = 0
         for it in chunk:
-            ll = [-s for s, _ in scores[k : k + len(it["options"])]]
-            k += len(it["options"])
+            scores = engine.choice_nll(engine.prompt_ids(it["question"]), [engine.answer_ids(o) for o in it["options"]])
+            ll = [-s for s, _ in scores]
             chosen = max(range(len(ll)), key=ll.__getitem__)
             out.emit({"model": out.label, "kind": "mc", "id": it["id"], "question": it["question"],
                       "options": it["options"], "answer_index": it["answer_index"], "logliks": ll, "chosen": chosen,
@@ -129,19 +126,16 @@ def probe_choice_rows(out: ModelRows, engine: LocalEngine, items: dict[str, list
     definitions differ in length, and a summed log-likelihood would favour the shortest)."""
     rest = [it for it in out.todo(items, "probe") if it["format"] != "short"]
     for chunk in _batches(rest, cfg.batch_size, f"probe-mc [{out.label}]", progress):
-        pairs = []
-        for it in chunk:
-            for o in it["options"]:
-                if it["format"] == "cloze":
-                    pairs.append(engine.cloze_ids(it["context"], o))
-                else:
-                    pairs.append((engine.prompt_ids(it["question"]), engine.answer_ids(o)))
-        scores = engine.nll(pairs)
-        k = 0
         for it in chunk:
             n = len(it["options"])
-            ll = [-s for s, _ in scores[k : k + n]]
-            k += n
+            if it["format"] == "cloze":
+                pairs = [engine.cloze_ids(it["context"], o) for o in it["options"]]
+                scores = engine.choice_nll(pairs[0][0], [x for _, x in pairs])
+            else:
+                scores = engine.choice_nll(
+                    engine.prompt_ids(it["question"]), [engine.answer_ids(o) for o in it["options"]]
+                )
+            ll = [-s for s, _ in scores]
             norm = [v / max(1, len(o)) for v, o in zip(ll, it["options"], strict=True)]
             chosen = max(range(n), key=norm.__getitem__)
             _probe_row(out, it, options=it["options"], answer_index=it["answer_index"], logliks=ll, chosen=chosen,
