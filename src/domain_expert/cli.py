@@ -138,8 +138,10 @@ def cmd_run(args) -> int:
 def cmd_configs(args) -> int:
     from domain_expert.config import shipped_configs
 
-    for name, path in shipped_configs().items():
-        print(f"{name:24} {path}")
+    configs = shipped_configs()
+    width = max(map(len, configs), default=0)  # one column whatever the longest name
+    for name, path in configs.items():
+        print(f"{name:{width}} {path}")
     return 0
 
 

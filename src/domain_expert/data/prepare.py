@@ -20,6 +20,16 @@ SPLITS = ("train", "val", "test")
 
 def load_sources(cfg: RunConfig) -> list[SourceResult]:
     tokenizer = None
+
+    def get_tokenizer():
+        nonlocal tokenizer
+        if tokenizer is None:  # chunking is by tokens of the model being tuned; loaded once, only when needed
+            from domain_expert.models.reference import resolve_model
+            from domain_expert.models.tokenizer import load_tokenizer
+
+            tokenizer = load_tokenizer(resolve_model(cfg.model).path)
+        return tokenizer
+
     results = []
     for i, src in enumerate(cfg.data.sources):
         where = f"data.sources.{i}"
@@ -34,16 +44,19 @@ def load_sources(cfg: RunConfig) -> list[SourceResult]:
         elif src.kind == "documents":
             from domain_expert.data.documents import load_documents_source
 
-            if tokenizer is None:  # chunking is by tokens of the model being tuned
-                from domain_expert.models.reference import resolve_model
-                from domain_expert.models.tokenizer import load_tokenizer
-
-                tokenizer = load_tokenizer(resolve_model(cfg.model).path)
-            res = load_documents_source(src, where, tokenizer)
+            res = load_documents_source(src, where, get_tokenizer())
         elif src.kind == "hub":
             from domain_expert.data.hub import load_hub_source
 
             res = load_hub_source(src, where)
+        elif src.kind == "pubmed":
+            from domain_expert.data.pubmed import load_pubmed_source
+
+            res = load_pubmed_source(src, where, get_tokenizer, cfg.train.max_seq_len, cfg.data.seed)
+        elif src.kind == "oncoref":
+            from domain_expert.data.oncoref import load_oncoref_source
+
+            res = load_oncoref_source(src, where, cfg.data.seed)
         else:  # pragma: no cover - the config union rejects other kinds
             raise DataError(f"unknown source kind {src.kind}", where=where)
         if not res.records:
