@@ -38,7 +38,7 @@ def build_items(run_dir: Path, cfg: EvalConfig, skipped: list[dict] | None = Non
     asked = [r for r in records if r.prompt and not r.meta.get("wording")]
     qa = [r for r in asked if r.task in ("define", "qa")] or asked
     generation = [{"id": r.id, "prompt": r.prompt, "reference": r.completion} for r in qa]
-    mc, reason = mc_items([r for r in records if r.task == "define"], cfg)
+    mc, reason = mc_items([r for r in asked if r.task == "define"], cfg)
     if reason is not None and skipped is not None:
         skipped.append({"metric": "correct", "model": "*", "reason": reason})
     texts = subsample([r for r in records if r.is_text], cfg.max_items, cfg.seed)
