@@ -186,3 +186,29 @@ def test_aggregate_splits_probe_rows_by_side():
     assert m["learned"]["tuned"]["content"] == "better"
     sides = {(c["side"], c["value"]) for c in m["probe_breakdown"] if c["by"] == "format"}
     assert sides == {("held_in", "cloze"), ("held_in", "short"), ("held_out", "cloze"), ("held_out", "short")}
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_choice_nll_equals_scoring_each_row_in_full(tiny_model_dir, attn):
+    """Batched questions with a shared, left-padded context and the options on its cache give the same NLL as one
+    full (context + option) row each; options of different lengths and lists of different sizes included."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from domain_expert.likelihood import Example, choice_nll, collate, sequence_nll
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=attn).eval()
+    g = torch.Generator().manual_seed(0)
+
+    def seq(n: int) -> list[int]:
+        return torch.randint(5, 900, (n,), generator=g).tolist()
+
+    contexts = [seq(12), seq(3), seq(20)]
+    options = [[seq(2), seq(5), seq(1), seq(3)], [seq(4), seq(4)], [seq(1), seq(6), seq(2)]]
+    with torch.no_grad():
+        got = choice_nll(model, contexts, options, pad_id=0)
+        for c, opts, row in zip(contexts, options, got, strict=True):
+            ids, mask, labels = collate([Example(c + o, len(c)) for o in opts], 0)
+            sums, counts = sequence_nll(model, ids, mask, labels)
+            assert [n for _, n in row] == counts
+            assert [s for s, _ in row] == pytest.approx(sums, rel=1e-4, abs=1e-4)

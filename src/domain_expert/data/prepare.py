@@ -120,7 +120,7 @@ def run(cfg: RunConfig, out_dir: str | Path, *, overwrite: bool = False) -> Path
     probes, probe_counts = _probes(results, splits, cfg)
     with staged_dir(out_dir, overwrite=overwrite) as tmp:
         outputs: dict[str, Any] = {}
-        if cfg.data.probes.enabled:
+        if probes:  # sources that state no facts (files, documents) have no probes to write
             path = tmp / "probes.jsonl"
             with open(path, "w", encoding="utf-8") as f:
                 for it in probes:

@@ -150,7 +150,8 @@ def _probe_breakdown(by: Rows, base: str, other: str, cfg: EvalConfig) -> list[d
                 res = compare_metric(f"probe:{side}:{value}", [float(a_rows[i]["correct"]) for i in ids],
                                      [float(b_rows[i]["correct"]) for i in ids], higher_is_better=True, kind="binary",
                                      seed=cfg.seed, n_resamples=cfg.bootstrap_resamples)  # fmt: skip
-                res.update({"side": side, "by": field, "value": value, "a": base, "b": other})
+                res.update({"metric": f"probe_{side}", "label": f"{side} {value}", "side": side, "by": field,
+                            "value": value, "a": base, "b": other})  # fmt: skip
                 out.append(res)
     return out
 

@@ -79,8 +79,9 @@ def mc_rows(out: ModelRows, engine: LocalEngine, items: dict[str, list[dict]], c
     after the question (summed, not per token) is its choice."""
     rest = out.todo(items, "mc")
     for chunk in _batches(rest, cfg.batch_size, f"choose   [{out.label}]", progress):
-        for it in chunk:
-            scores = engine.choice_nll(engine.prompt_ids(it["question"]), [engine.answer_ids(o) for o in it["options"]])
+        contexts = [engine.prompt_ids(it["question"]) for it in chunk]
+        scored = engine.choices(contexts, [[engine.answer_ids(o) for o in it["options"]] for it in chunk])
+        for it, scores in zip(chunk, scored, strict=True):
             ll = [-s for s, _ in scores]
             chosen = max(range(len(ll)), key=ll.__getitem__)
             out.emit({"model": out.label, "kind": "mc", "id": it["id"], "question": it["question"],
@@ -126,15 +127,17 @@ def probe_choice_rows(out: ModelRows, engine: LocalEngine, items: dict[str, list
     definitions differ in length, and a summed log-likelihood would favour the shortest)."""
     rest = [it for it in out.todo(items, "probe") if it["format"] != "short"]
     for chunk in _batches(rest, cfg.batch_size, f"probe-mc [{out.label}]", progress):
+        contexts, options = [], []
         for it in chunk:
-            n = len(it["options"])
             if it["format"] == "cloze":
                 pairs = [engine.cloze_ids(it["context"], o) for o in it["options"]]
-                scores = engine.choice_nll(pairs[0][0], [x for _, x in pairs])
+                contexts.append(pairs[0][0])
+                options.append([x for _, x in pairs])
             else:
-                scores = engine.choice_nll(
-                    engine.prompt_ids(it["question"]), [engine.answer_ids(o) for o in it["options"]]
-                )
+                contexts.append(engine.prompt_ids(it["question"]))
+                options.append([engine.answer_ids(o) for o in it["options"]])
+        for it, scores in zip(chunk, engine.choices(contexts, options), strict=True):
+            n = len(it["options"])
             ll = [-s for s, _ in scores]
             norm = [v / max(1, len(o)) for v, o in zip(ll, it["options"], strict=True)]
             chosen = max(range(n), key=norm.__getitem__)
