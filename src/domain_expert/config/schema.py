@@ -8,9 +8,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
-# HPO "Abnormality of blood and blood-forming tissues": ~870 defined terms, small enough that a CPU run sees each
-# term about once in the default budget (a random 928 of all 16k terms is 6% of an epoch in 5 min on 2 cores), and
-# it matches the leukemia reference project.
+# HPO "Abnormality of blood and blood-forming tissues": ~870 defined terms (the default recipe samples 160 of them so
+# a CPU run sees each several times: docs/benchmarks.md), and it matches the leukemia reference project.
 HEMATOLOGY_BRANCH = "HP:0001871"
 
 
