@@ -145,6 +145,25 @@ def cmd_configs(args) -> int:
     return 0
 
 
+def cmd_init(args) -> int:
+    from domain_expert.init import _slug, init
+
+    src = Path(args.path)
+    out = args.out or Path(f"{args.name or _slug(src.stem if src.is_file() else src.resolve().name)}.yaml")
+    kw = {"model": args.model} if args.model else {}
+    path = init(src, out, name=args.name, force=args.force, **kw)
+    print(f"[domain-expert] wrote {path}: check the guesses in its comments, then `domain-expert run {path}`")
+    return 0
+
+
+def _init_args(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("path", help="a folder of documents (.txt/.md/.html/.pdf, CSV/JSONL/Parquet tables) or one table")
+    sp.add_argument("--out", type=Path, help="config file to write (default: <name>.yaml here)")
+    sp.add_argument("--name", help="run name (default: from the folder or file name)")
+    sp.add_argument("--model", help="base model (default: smollm2-135m-instruct)")
+    sp.add_argument("--force", action="store_true", help="replace an existing config file")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="domain-expert",
@@ -269,6 +288,7 @@ VERBS: list[tuple[str, str, Callable, Callable[[argparse.ArgumentParser], None]]
     ("chat", "chat in the terminal with the tuned (or --base) model", cmd_chat,
      lambda sp: _ask_args(sp, question=False)),
     ("configs", "list the shipped configs", cmd_configs, lambda sp: None),
+    ("init", "write a starter config for your own folder of documents or Q&A table", cmd_init, _init_args),
 ]  # fmt: skip
 
 
