@@ -77,3 +77,14 @@ def test_init_refuses_bad_input(tmp_path):
         init(bad, tmp_path / "b.yaml")
     assert f"{bad}:2" in str(e.value)
     assert not (tmp_path / "b.yaml").exists()
+
+
+def test_init_reads_tables_as_prepare_does(tmp_path):
+    """init reads through the file source's readers: a .json array of objects (Alpaca style) works as in prepare."""
+    from domain_expert.config import load_config
+
+    table = tmp_path / "alpaca.json"
+    table.write_text(json.dumps([{"instruction": "Define X.", "output": "X is Y."}] * 3), encoding="utf-8")
+    cfg = load_config(str(init(table, tmp_path / "a.yaml")))
+    assert cfg.data.sources[0].columns == {"prompt": "instruction", "completion": "output"}
+    assert "3 rows" in (tmp_path / "a.yaml").read_text()

@@ -5,14 +5,13 @@ loader every stage uses before it is written, and written atomically."""
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from domain_expert.data.files import FORMATS
 from domain_expert.errors import DataError
 
-TABLES = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 # column names people give the parts of a Q&A row, most specific first
 PROMPT_NAMES = ("question", "prompt", "instruction", "query", "input", "term", "q")
 COMPLETION_NAMES = ("answer", "completion", "response", "output", "definition", "explanation", "a")
@@ -66,7 +65,7 @@ def _folder(root: Path) -> list[Found]:
     files = sorted(p for p in root.rglob("*") if p.is_file() and not any(x.startswith(".") for x in
                                                                              p.relative_to(root).parts))  # fmt: skip
     docs = [p for p in files if p.suffix.lower() in SUPPORTED]
-    tables = [p for p in files if p.suffix.lower() in TABLES]
+    tables = [p for p in files if p.suffix.lower() in FORMATS]
     if not docs and not tables:
         raise DataError(f"no readable documents or tables in this folder ({len(files)} other file(s))",
                         where=str(root),
@@ -84,7 +83,7 @@ def _folder(root: Path) -> list[Found]:
 
 
 def _table(path: Path) -> Found:
-    fmt = TABLES.get(path.suffix.lower())
+    fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise DataError(f"cannot tell the format from the extension '{path.suffix}'", where=str(path),
                         fix="give a .csv, .jsonl, .json or .parquet file, or a folder of documents")  # fmt: skip
@@ -107,37 +106,14 @@ def _table(path: Path) -> Found:
 
 def _peek(path: Path, fmt: str) -> tuple[list[str], int, int]:
     """(column names, rows, characters) of a table, read the way `prepare` reads it (errors say file:line)."""
-    from domain_expert.data.files import _utf8_lines
+    from domain_expert.data.files import table_rows
 
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(path)
-        return table.schema.names, table.num_rows, sum(len(str(v)) for col in table.columns for v in col.to_pylist())
-    lines = _utf8_lines(path)
-    if fmt == "csv":
-        reader = csv.reader(line for _, line in lines)
-        try:
-            header = next(reader, [])
-            rows = [r for r in reader if r]
-        except csv.Error as e:
-            raise DataError(f"malformed CSV ({e})", where=f"{path}:{reader.line_num}",
-                            fix="check the quoting on this line, or convert the file to JSONL") from None  # fmt: skip
-        return header, len(rows), sum(len(c) for r in rows for c in r)
     columns: list[str] = []
     n = chars = 0
-    for line_no, line in lines:
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"not JSON ({e.msg})", where=f"{path}:{line_no}",
-                            fix="one JSON object per line") from None  # fmt: skip
-        if isinstance(obj, dict):
-            columns += [k for k in obj if k not in columns]
-            chars += sum(len(str(v)) for v in obj.values())
-            n += 1
+    for _, row in table_rows(path, fmt):
+        columns += [k for k in row if k not in columns]
+        chars += sum(len(str(v)) for v in row.values() if v is not None)
+        n += 1
     return columns, n, chars
 
 

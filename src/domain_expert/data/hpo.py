@@ -141,10 +141,17 @@ def neighbours_of(terms: dict[str, Term], children: dict[str, list[str]], term: 
     children of its parents), then of the level above (children of its grandparents: its parents and their
     siblings), minus the term and the siblings. Each list is in id order, duplicate names kept: evaluation shuffles
     each with its own seed, and the shuffle depends on the list's length."""
+    siblings, above = neighbour_ids(terms, children, term)
+    return {"siblings": [terms[c].name for c in siblings], "parent_level": [terms[c].name for c in above]}
+
+
+def neighbour_ids(terms: dict[str, Term], children: dict[str, list[str]], term: Term) -> tuple[list[str], list[str]]:
+    """Ids of a term's siblings (other children of its parents) and of the level above (children of its
+    grandparents, siblings excluded), each in id order: the neighbours MC distractors and probe distractors use."""
     siblings = sorted({c for p in term.parents for c in children.get(p, [])} - {term.id})
     grandparents = [g for p in term.parents if p in terms for g in terms[p].parents]
     above = sorted({c for g in grandparents for c in children.get(g, [])} - {term.id} - set(siblings))
-    return {"siblings": [terms[c].name for c in siblings], "parent_level": [terms[c].name for c in above]}
+    return siblings, above
 
 
 def term_records(
@@ -244,10 +251,8 @@ def term_fact(terms: dict[str, Term], children: dict[str, list[str]], term: Term
     from domain_expert.data.probes import Fact
 
     rng = random.Random(f"{seed}:{term.id}")
-    siblings = sorted({c for p in term.parents for c in children.get(p, [])} - {term.id})
+    siblings, above = neighbour_ids(terms, children, term)
     rng.shuffle(siblings)
-    above = sorted({c for p in term.parents if p in terms for g in terms[p].parents for c in children.get(g, [])}
-                   - {term.id} - set(siblings))  # fmt: skip
     rng.shuffle(above)
     d = term.definition or ""
     return Fact(

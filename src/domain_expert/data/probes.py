@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from domain_expert.data.records import Record
@@ -155,7 +155,3 @@ def _by(items: list[dict], key: str) -> dict[str, int]:
     for it in items:
         out[it[key]] = out.get(it[key], 0) + 1
     return out
-
-
-def fact_to_json(f: Fact) -> dict[str, Any]:
-    return asdict(f)

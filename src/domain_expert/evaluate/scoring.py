@@ -56,9 +56,8 @@ class LocalEngine:
         from domain_expert.models.loader import adapter_off
 
         out: list[list[tuple]] = []
-        per_pass = bs  # questions per pass (their option rows are short: bs x options rows on a cached context)
-        for i in range(0, len(questions), per_pass):
-            part = questions[i : i + per_pass]
+        for i in range(0, len(questions), bs):  # bs questions per pass: their short option rows ride one cache
+            part = questions[i : i + bs]
             with torch.no_grad(), adapter_off(self.lm, self.base):
                 out += choice_nll(self.lm.model, [c for c, _ in part], [o for _, o in part],
                                   self.lm.tokenizer.pad_token_id)  # fmt: skip
