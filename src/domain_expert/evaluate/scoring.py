@@ -36,7 +36,8 @@ class LocalEngine:
     def choices(self, contexts: list[list[int]], options: list[list[list[int]]]) -> list[list[tuple[float, int]]]:
         """(sum NLL, tokens) of each option of each question. Causal models with a plain head score a batch of
         questions in one pass with each context run once (likelihood.choice_nll: 3x less work for short options);
-        others score every (context, option) row in full. Same numbers either way."""
+        others score every (context, option) row in full. The same numbers in fp32; in bf16 the two orders of
+        computation round differently (bench/eval_choice_scoring.py)."""
         from domain_expert.likelihood import supports_selective_head
 
         causal_plain = not self.lm.fmt.seq2seq and supports_selective_head(self.lm.model)
