@@ -25,15 +25,20 @@ from domain_expert.config.schema import (
     OncorefSource,
     ProbesConfig,
     PromptConfig,
+    PHI_ENTITIES,
+    DedupConfig,
+    HygieneConfig,
+    LeakageConfig,
     PubmedSource,
     RunConfig,
+    ScrubConfig,
     TrainConfig,
 )
 
 __all__ = [
     "DEFAULT_MODEL", "HEMATOLOGY_BRANCH", "DataConfig", "DocumentsSource", "EvalConfig", "ExportConfig", "FileSource",
     "HubSource", "JudgeConfig", "LoraConfig", "MedicalTermsSource", "OncorefSource", "ProbesConfig", "PromptConfig",
-    "PubmedSource", "RunConfig",
+    "PubmedSource", "RunConfig", "PHI_ENTITIES", "DedupConfig", "HygieneConfig", "LeakageConfig", "ScrubConfig",
     "TrainConfig",
     "apply_override", "config_differences", "dump_config", "load_config", "resolve_config_path", "shipped_configs",
 ]  # fmt: skip

@@ -185,9 +185,66 @@ class ProbesConfig(_Strict):
     )
 
 
+PHI_ENTITIES = ("email", "phone", "mrn", "account", "ssn", "dob", "address", "url", "ip", "name")
+PhiEntity = Literal["email", "phone", "mrn", "account", "ssn", "dob", "address", "url", "ip", "name"]
+
+
+class ScrubConfig(_Strict):
+    """PHI / PII scrub (data/scrub.py): identifiers replaced by typed placeholders such as [EMAIL] before anything
+    is split, written or logged."""
+
+    enabled: bool = Field(True, description="scrub every record's text in prepare")
+    entities: list[PhiEntity] = Field(
+        default_factory=lambda: list(PHI_ENTITIES), min_length=1, description="kinds of identifier to replace"
+    )
+    min_placeholder_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="a record whose words are at least this share placeholders after the scrub is dropped (counted)",
+    )
+
+
+class DedupConfig(_Strict):
+    """Exact and near-duplicate records (data/dedup.py, MinHash LSH over word 5-grams, within and across sources)."""
+
+    enabled: bool = True
+    remove_threshold: float = Field(
+        0.9, gt=0, le=1, description="estimated Jaccard at or above which a record of another group is removed"
+    )
+    group_threshold: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="estimated Jaccard at or above which two groups are kept on the same side of the split",
+    )
+    num_perm: int = Field(128, ge=16, description="MinHash permutations (more: finer estimates, slower)")
+
+
+class LeakageConfig(_Strict):
+    """Word n-gram overlap between each val/test record and the training split (data/leakage.py)."""
+
+    enabled: bool = True
+    ngram: int = Field(8, ge=3, description="n-gram length in words")
+    threshold: float = Field(
+        0.5, gt=0, le=1, description="share of a held-out record's n-grams found in training that counts as a leak"
+    )
+    on_leak: Literal["refuse", "move", "drop"] = Field(
+        "refuse",
+        description="refuse: stop, naming the items; move: move the leaking group to train; drop: leave it out",
+    )
+
+
+class HygieneConfig(_Strict):
+    scrub: ScrubConfig = Field(default_factory=ScrubConfig)
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    leakage: LeakageConfig = Field(default_factory=LeakageConfig)
+
+
 class DataConfig(_Strict):
     sources: list[Source] = Field(default_factory=lambda: [MedicalTermsSource()], min_length=1)
     probes: ProbesConfig = Field(default_factory=ProbesConfig)
+    hygiene: HygieneConfig = Field(default_factory=HygieneConfig)
     val_fraction: float = Field(0.05, ge=0, lt=0.5, description="share of groups (e.g. terms) held out for val")
     test_fraction: float = Field(0.1, ge=0, lt=0.5, description="share of groups held out for test")
     seed: int = 0
