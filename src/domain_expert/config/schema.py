@@ -209,29 +209,28 @@ class DedupConfig(_Strict):
     """Exact and near-duplicate records (data/dedup.py, MinHash LSH over word 5-grams, within and across sources)."""
 
     enabled: bool = True
-    remove_threshold: float = Field(
-        0.9, gt=0, le=1, description="estimated Jaccard at or above which a record of another group is removed"
+    threshold: float = Field(
+        0.9, gt=0, le=1, description="Jaccard of word 5-grams at or above which a record of another group is removed"
     )
-    group_threshold: float = Field(
-        0.5,
-        gt=0,
-        le=1,
-        description="estimated Jaccard at or above which two groups are kept on the same side of the split",
-    )
-    num_perm: int = Field(128, ge=16, description="MinHash permutations (more: finer estimates, slower)")
+    num_perm: int = Field(128, ge=16, description="MinHash permutations (more: fewer missed pairs, slower)")
 
 
 class LeakageConfig(_Strict):
-    """Word n-gram overlap between each val/test record and the training split (data/leakage.py)."""
+    """Word n-gram overlap between held-out answers and other groups' text (data/leakage.py): groups that overlap are
+    kept on one side of the split, and after the split every val/test record is checked against the training split."""
 
     enabled: bool = True
     ngram: int = Field(8, ge=3, description="n-gram length in words")
     threshold: float = Field(
-        0.5, gt=0, le=1, description="share of a held-out record's n-grams found in training that counts as a leak"
+        0.5, gt=0, le=1, description="share of a record's answer n-grams found elsewhere that counts as overlap"
+    )
+    keep_together: bool = Field(
+        True, description="put groups whose answers overlap on the same side of the split before splitting"
     )
     on_leak: Literal["refuse", "move", "drop"] = Field(
         "refuse",
-        description="refuse: stop, naming the items; move: move the leaking group to train; drop: leave it out",
+        description="a held-out record still leaking after the split: refuse (naming the items), move its group to "
+        "train, or drop it",
     )
 
 

@@ -63,6 +63,8 @@ def map_rows(
     for n, (row_where, row) in enumerate(rows, 1):
         rec = cmap.record(row, f"{id_prefix}:{n}", source, row_where)
         if rec is not None:
+            # where the row came from, without the user's folders (file:line, or the hub dataset's row)
+            rec.meta["origin"] = source + row_where[len(where) :] if row_where.startswith(where) else row_where
             records.append(rec)
     if n == 0:
         raise DataError("empty dataset: no rows", where=where, fix=f"add rows, or point {cmap.cfg_where} elsewhere")
@@ -101,7 +103,8 @@ def decode_utf8(data: bytes, path: Path, *, line: int = 1, offset: int = 0) -> s
         raise DataError(
             f"not UTF-8 text (byte {data[e.start]:#04x} at byte offset {offset + e.start})",
             where=f"{path}:{at}",
-            fix="save the file as UTF-8 (e.g. 'Save as' → encoding UTF-8)",
+            fix="save the file as UTF-8 (e.g. 'Save as' → encoding UTF-8); a file pasted together from several "
+            "sources can mix encodings, and every line must be UTF-8",
         ) from None
 
 
@@ -165,20 +168,33 @@ def _json_array(path: Path, text: str, first_line: int, cmap: ColumnMap) -> Rows
 
 
 def _csv_rows(path: Path, cmap: ColumnMap) -> Rows:
-    reader = csv.reader(line for _, line in _utf8_lines(path))
+    # strict: a stray quote is an error rather than a silently merged field; a quote that is never closed would
+    # otherwise swallow every later line into one value, so errors name the line where the broken row starts
+    reader = csv.reader((line for _, line in _utf8_lines(path)), strict=True)
+    start = 1
     try:
         header = next(reader, None)
         if header is None:
             return
         cmap.check(header, f"{path}:1")
+        start = reader.line_num + 1
         for row in reader:
             if row:  # csv yields [] for blank lines
-                yield f"{path}:{reader.line_num}", dict(zip(header, row, strict=False))
+                yield f"{path}:{start}", dict(zip(header, row, strict=False))
+            start = reader.line_num + 1
     except csv.Error as e:
+        if "unexpected end of data" in str(e):
+            raise DataError(
+                f"malformed CSV: a quoted field opened on this line is never closed (read to line {reader.line_num}"
+                " looking for its closing quote)",
+                where=f"{path}:{start}",
+                fix='close the quote, or write a literal quote inside a quoted field as two quotes ("")',
+            ) from None
         raise DataError(
             f"malformed CSV ({e})",
             where=f"{path}:{reader.line_num}",
-            fix="check the quoting on this line, or convert the file to JSONL",
+            fix='check the quoting on this line (a quote inside a quoted field is written "")'
+            ", or convert the file to JSONL",
         ) from None
 
 

