@@ -80,8 +80,8 @@ def test_overlapping_answers_join_groups_but_template_phrases_do_not():
     template = "relative to the total number of cells in the peripheral blood of the affected person"
     recs = [qa(i, f"What is term {i}?", f"An abnormal proportion of cell type {i} {template}.") for i in range(30)]
     recs += [
-        qa(100, "What is A?", "Increased time to coagulation in the prothrombin time test which measures the extrinsic"),
-        qa(101, "What is B?", "Shortened time to coagulation in the prothrombin time test which measures the extrinsic"),
+        qa(100, "What is A?", "Increased time to coagulation in the prothrombin time test, a measure of the extrinsic"),
+        qa(101, "What is B?", "Shortened time to coagulation in the prothrombin time test, a measure of the extrinsic"),
     ]
     uf = UnionFind()
     summary = join_overlapping(recs, LeakageConfig(), uf)

@@ -45,6 +45,7 @@ class FileSource(_Strict):
     format: Literal["auto", "jsonl", "csv", "parquet"] = "auto"
     columns: dict[str, str] = Field(default_factory=lambda: {"prompt": "question", "completion": "answer"})
     license: str = Field("user-provided", description="recorded in the manifest and model card")
+    attribution: str | None = Field(None, description="credit line the licence requires (manifest, model card)")
 
     @field_validator("columns")
     @classmethod
@@ -69,6 +70,7 @@ class DocumentsSource(_Strict):
     chunk_tokens: int = Field(256, gt=16, description="tokens per training chunk (<= train.max_seq_len)")
     overlap_tokens: int = Field(64, ge=0, description="tokens shared by consecutive chunks")
     license: str = "user-provided"
+    attribution: str | None = Field(None, description="credit line the licence requires (manifest, model card)")
 
     @model_validator(mode="after")
     def _overlap_lt_chunk(self) -> DocumentsSource:
@@ -86,6 +88,7 @@ class HubSource(_Strict):
     split: str = "train"
     columns: dict[str, str] = Field(default_factory=lambda: {"prompt": "question", "completion": "answer"})
     license: str = "see dataset card"
+    attribution: str | None = Field(None, description="credit line the licence requires (manifest, model card)")
 
     _check_columns = field_validator("columns")(FileSource._check_columns.__func__)  # type: ignore[attr-defined]
 

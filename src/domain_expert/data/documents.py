@@ -61,6 +61,7 @@ def load_documents_source(cfg: DocumentsSource, where: str, tokenizer) -> Source
         name=name,
         kind="documents",
         license=cfg.license,
+        attribution=cfg.attribution,
         records=records,
         inputs=inputs,
         notes={

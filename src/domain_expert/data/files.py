@@ -255,6 +255,7 @@ def load_file_source(cfg: FileSource, where: str) -> SourceResult:
         name=path.name,
         kind="file",
         license=cfg.license,
+        attribution=cfg.attribution,
         records=records,
         inputs=[{"path": str(path.resolve()), "sha256": sha256_file(path)}],
         notes=notes,

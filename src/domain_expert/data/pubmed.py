@@ -432,7 +432,16 @@ def load_pubmed_source(
         "cloze_vocabulary": f"{len(vocab)} symbols ({vocab_origin})",
     }
     inputs = [{"path": display, "sha256": sha256_file(path), **_package(display)} for display, path in files]
-    return SourceResult("pubmed", "pubmed", cfg.license, records, inputs=inputs, notes=notes, facts=facts)
+    return SourceResult(
+        "pubmed",
+        "pubmed",
+        cfg.license,
+        records,
+        attribution="Courtesy of the U.S. National Library of Medicine (PubMed/MEDLINE); each record keeps its PMID",
+        inputs=inputs,
+        notes=notes,
+        facts=facts,
+    )
 
 
 def _rule_text(cfg: PubmedSource) -> str:

@@ -15,6 +15,8 @@ def model_card(
 ) -> str:
     import jinja2
 
+    from domain_expert.data.hygiene import describe
+
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
         keep_trailing_newline=True,
@@ -37,6 +39,8 @@ def model_card(
             for k, v in outputs.items()
             if "records" in v  # the splits; probes.jsonl has its own counts
         ),
+        hygiene=describe(data_manifest.get("hygiene")),
+        note=data_manifest.get("note", "Not medical advice."),
         dtype=dtype,
         fidelity=fidelity,
         auto_class=AUTO_CLASS[kind],

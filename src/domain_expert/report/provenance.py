@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from domain_expert.data.hygiene import describe
 from domain_expert.report.formatting import bad, fmt_num, fmt_pct, fmt_seconds
 from domain_expert.report.inputs import Inputs, dig
 
@@ -55,6 +56,7 @@ def sources(manifest: dict | None) -> list[dict]:
                 {
                     "name": str(s.get("name") or s.get("kind") or "?"),
                     "license": str(s.get("license") or "not stated"),
+                    "attribution": str(s.get("attribution") or ""),
                     "records": fmt_num(s.get("records")),
                     "scope": str(s.get("scope") or ""),
                     "inputs": [
@@ -78,6 +80,7 @@ def _data(manifest: dict | None) -> dict:
         "sources": sources(manifest),
         "outputs": outputs,
         "split_unit": str(split.get("unit") or "—") if isinstance(split, dict) and split else None,
+        "hygiene": describe(dig(manifest, "hygiene")),
         "manifest_note": str(dig(manifest, "note") or ""),
     }
 
