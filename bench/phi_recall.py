@@ -122,11 +122,14 @@ def _planted(kind: str, rng: random.Random, names: dict) -> tuple[str, str, str]
     titled = rng.random() < 0.5
     group = f"name_{'titled' if titled else 'bare'}_{'census' if census else 'other'}"
     if titled:
-        title = rng.choice(["Dr.", "Mr.", "Mrs.", "Ms.", "Patient", "Nurse", "seen by", "Signed by Dr."])
+        title = rng.choice(["Dr.", "Mr.", "Mrs.", "Ms.", "Patient", "Nurse", "seen by", "Signed by Dr.", "Daughter",
+                            "Discussed with"])  # fmt: skip
         ident = rng.choice([f"{first} {last}", last, f"{first[0]}. {last}"])
         return f"{title} {{}} " + rng.choice(["reviewed the smear.", "was informed.", "agreed."]), ident, group
     ident = rng.choice([f"{first} {last}", f"{first} {rng.choice('ABCDEFGHJKLMNPRSTW')}. {last}"])
-    return rng.choice(["{} was admitted with fever.", "Discussed with {} today.", "Daughter {} visited."]), ident, group
+    # no title or role word before the name: only the census lists can find it
+    return rng.choice(["{} was admitted with fever.", "Results for {} were reviewed.", "Then {} agreed to the plan."]), \
+        ident, group  # fmt: skip
 
 
 def planted_notes(kinds: list[str], per_kind: int, seed: int, names: dict) -> list[tuple[str, list[tuple]]]:

@@ -70,6 +70,10 @@ _PRIORITY = {k: i for i, k in enumerate(("ssn", "mrn", "account", "dob", "email"
 # as a bank account): too many false positives in medical literature.
 MIN_SCORE = 0.3
 
+# Number shapes that are not identifiers when a label says what they are: enzyme numbers (EC 4.3.1.8) look like IPv4
+# addresses, PubMed / trial / DOI numbers like phone numbers or record ids.
+_NOT_PHI_BEFORE = re.compile(r"(?:\b(?:EC|E\.C\.|PMID|PMCID|NCT|ISBN|ISSN|doi|DOI|GenBank|rs)\s*:?\s*)$")
+
 _LOGGERS = ("presidio-analyzer", "presidio_analyzer", "tldextract", "spacy", "filelock")
 
 # --- patterns of our recognizers ------------------------------------------------------------------------------------
@@ -128,14 +132,21 @@ _PHONE_AFTER_CUE = r"\+?\(?\d[\d\s().-]{5,18}\d(?:\s*(?:x|ext\.?)\s*\d{1,5})?"
 _STRONG_TITLE = r"(?:\b(?:Dr|Mr|Mrs|Ms|Mx|Prof)\.?|\bMiss|\bDoctor|(?i:\bname)\s*:)"
 # A role before capitalized words usually does, but "Patient Outcomes" in a title does not: the words must not be
 # common words.
-_WEAK_TITLE = r"(?:(?i:\bpatient|\bpt\.|\bnurse|\bseen\s+by|\bsigned\s+by|\bsigned|\bdictated\s+by|\breferred\s+by))"
+_WEAK_TITLE = (
+    r"(?i:\bpatient|\bpt\.|\bnurse|\bseen\s+by|\bsigned\s+by|\bdictated\s+by|\breferred\s+by|\bdiscussed\s+with|"
+    r"\bspoke\s+(?:with|to)|\b(?:daughter|son|wife|husband|mother|father|sister|brother|spouse|partner|guardian))"
+)
 _NAME_WORD = r"(?:(?:Mc|Mac|O'|D'|De|Di|La|Le|Van|Von)?[A-Z][a-z]+(?:['-][A-Z][a-z]+)*|[A-Z]\.)"
 _TITLE_WORD = r"(?:Dr|Mr|Mrs|Ms|Mx|Prof|Miss|Doctor)\b"  # "seen by Dr. Smith": the name is Smith, not "Dr"
 _TITLED = re.compile(
     rf"(?P<title>{_STRONG_TITLE}|{_WEAK_TITLE})\s+"
     rf"(?P<name>(?!{_TITLE_WORD}){_NAME_WORD}(?:\s+(?!{_TITLE_WORD}){_NAME_WORD}){{0,3}})(?!\w)"
 )
-_PAIR = re.compile(r"(?<![\w'-])(?P<first>[A-Z][a-z]+)\s+(?:(?P<mid>[A-Z]\.?)\s+)?(?P<last>[A-Z][a-z]+(?:-[A-Z][a-z]+)?)(?![\w'-])")
+# A look-ahead, so that every capitalized word is tried as a first name ("Daughter Rocky Gosz": the pair starting at
+# "Daughter" fails, the one at "Rocky" must still be tried).
+_PAIR = re.compile(
+    r"(?<![\w'-])(?=(?P<pair>(?P<first>[A-Z][a-z]+)\s+(?:[A-Z]\.?\s+)?(?P<last>[A-Z][a-z]+(?:-[A-Z][a-z]+)?))(?![\w'-]))"
+)
 
 # Capitalized words that are not names even where the census lists have them: sentence openers and words of
 # title-cased headings. Common lower-case words of hp.obo are added at build time (see _common_words).
@@ -219,7 +230,7 @@ def find_names(text: str) -> list[tuple[int, int]]:
         a, b = m.group("first"), m.group("last")
         tail = b.split("-")[0]
         if a in first and tail in last and a.lower() not in common and tail.lower() not in common:
-            spans.append((m.start(), m.end()))
+            spans.append((m.start("pair"), m.end("pair")))
     return spans
 
 
@@ -279,6 +290,18 @@ class Scrubber:
             def validate_result(self, pattern_text: str) -> bool:
                 return offline_tld(pattern_text).fqdn != ""
 
+        # Presidio's URL patterns end a domain anywhere ("MDS.The" -> "MDS.Th", "rates.KEY" -> "rates.KE" in abstracts
+        # where a full stop lost its space): the top-level domain must end the word, and a URL without a scheme
+        # must be lower case ("www.example.com", "example.org/x"), which sentence joins are not.
+        base = UrlRecognizer.BASE_URL_REGEX
+        bounded = base.replace(r"(?:zw))(?:/", r"(?:zw))(?![\w-])(?:/")
+        if bounded == base:  # Presidio changed its pattern: keep it rather than fail
+            bounded = base
+        url_patterns = [
+            Pattern("Standard Url", "(?i)(?:https?://)" + bounded, 0.6),
+            Pattern("Non schema URL", r"(?<![\w@.-])" + bounded, 0.5),
+        ]
+
         class NameRecognizer(EntityRecognizer):
             """Person names without NER (see find_names)."""
 
@@ -299,13 +322,18 @@ class Scrubber:
                 global_regex_flags=flags,
             )
 
+        url = UrlRecognizer(patterns=url_patterns)
+        url.global_regex_flags = flags  # its constructor takes no flags; patterns compile on first use
+
         recognizers = {
             "email": [OfflineEmailRecognizer()],
             "phone": [
-                PhoneRecognizer(),
+                # phonenumbers reads "0.784-0.965" or "6.000-200.000" as German or French numbers: national
+                # formats of the US and the UK only; any number with a + country code is still found
+                PhoneRecognizer(supported_regions=("US", "GB")),
                 rec("DE_PHONE", [("nanp", _NANP), ("labelled", rf"(?<={_PHONE_CUE}\s*:?\s*){_PHONE_AFTER_CUE}")]),
             ],
-            "url": [UrlRecognizer()],
+            "url": [url],
             "ip": [IpRecognizer()],
             "ssn": [
                 UsSsnRecognizer(),
@@ -347,8 +375,11 @@ class Scrubber:
         found = []
         for r in self._analyzer.analyze(text=text, language="en", entities=self._presidio_entities):
             kind = ENTITY_KIND.get(r.entity_type)
-            if kind in self.entities and r.score >= MIN_SCORE and r.end > r.start:
-                found.append((r.start, r.end, kind))
+            if kind not in self.entities or r.score < MIN_SCORE or r.end <= r.start:
+                continue
+            if kind in ("ip", "phone", "mrn", "account") and _NOT_PHI_BEFORE.search(text, max(0, r.start - 12), r.start):
+                continue
+            found.append((r.start, r.end, kind))
         # longer first, then the more specific kind; a span overlapping one already taken is dropped
         found.sort(key=lambda s: (-(s[1] - s[0]), _PRIORITY[s[2]], s[0]))
         taken: list[tuple[int, int, str]] = []
