@@ -107,9 +107,14 @@ def _planted(kind: str, rng: random.Random, names: dict) -> tuple[str, str, str]
         return rng.choice(["Lives at {}.", "Address: {}.", "Mail to {} please.", "Moved to {} last year."]), \
             ident, "address"  # fmt: skip
     if kind == "url":
-        ident = rng.choice([f"https://portal.example.org/patient?id={rng.randint(1000, 99999)}",
-                            f"http://www.example.com/records/{rng.randint(1000, 99999)}",
-                            f"www.example-clinic.com/u/{rng.randint(100, 999)}", "https://example.org/results"])
+        ident = rng.choice(
+            [
+                f"https://portal.example.org/patient?id={rng.randint(1000, 99999)}",
+                f"http://www.example.com/records/{rng.randint(1000, 99999)}",
+                f"www.example-clinic.com/u/{rng.randint(100, 999)}",
+                "https://example.org/results",
+            ]
+        )
         return rng.choice(["See {} for images.", "Portal: {}", "Uploaded to {} today."]), ident, "url"
     if kind == "ip":
         ident = rng.choice([".".join(str(rng.randint(1, 254)) for _ in range(4)),
@@ -128,8 +133,8 @@ def _planted(kind: str, rng: random.Random, names: dict) -> tuple[str, str, str]
         return f"{title} {{}} " + rng.choice(["reviewed the smear.", "was informed.", "agreed."]), ident, group
     ident = rng.choice([f"{first} {last}", f"{first} {rng.choice('ABCDEFGHJKLMNPRSTW')}. {last}"])
     # no title or role word before the name: only the census lists can find it
-    return rng.choice(["{} was admitted with fever.", "Results for {} were reviewed.", "Then {} agreed to the plan."]), \
-        ident, group  # fmt: skip
+    bare = ["{} was admitted with fever.", "Results for {} were reviewed.", "Then {} agreed to the plan."]
+    return rng.choice(bare), ident, group
 
 
 def planted_notes(kinds: list[str], per_kind: int, seed: int, names: dict) -> list[tuple[str, list[tuple]]]:

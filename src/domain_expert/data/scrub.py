@@ -64,7 +64,9 @@ ENTITY_KIND = {
 
 # When two detections overlap, the longer span wins; at equal length the more specific kind (an SSN-shaped number is
 # also phone-shaped, an MRN may be a plain digit run that the phone matcher likes too).
-_PRIORITY = {k: i for i, k in enumerate(("ssn", "mrn", "account", "dob", "email", "url", "ip", "phone", "address", "name"))}
+_PRIORITY = {
+    k: i for i, k in enumerate(("ssn", "mrn", "account", "dob", "email", "url", "ip", "phone", "address", "name"))
+}
 
 # Scores below this are Presidio's "very weak" guesses (e.g. any 9-digit number as an SSN at 0.05, an 8-digit number
 # as a bank account): too many false positives in medical literature.
@@ -114,7 +116,7 @@ _SUFFIX = (
 _CAP = r"[A-Z][a-z]+(?:['-][A-Za-z]+)*"
 _ADDRESS = (
     rf"\b\d{{1,6}}[A-Z]?\s+(?:(?:[NSEW]|North|South|East|West)\.?\s+)?(?:(?:{_CAP}|\d+(?:st|nd|rd|th))\s+){{1,4}}"
-    rf"{_SUFFIX}\b\.?"
+    rf"{_SUFFIX}\b(?:(?<=\b(?:St|Ave|Rd|Blvd|Ln|Dr|Ct|Pl|Ter|Cir|Pkwy|Hwy|Sq|Trl))\.)?"  # "St." not "Street."
     r"(?:,?\s+(?:Apt|Apartment|Suite|Ste|Unit|Room|Rm|Flat|#)\.?\s*#?[A-Za-z0-9-]+)?"
     rf"(?:,\s*{_CAP}(?:\s+{_CAP}){{0,3}},\s*[A-Z]{{2}}(?:\s+\d{{5}}(?:-\d{{4}})?)?)?"
 )
@@ -123,7 +125,9 @@ _PO_BOX = r"\b(?i:P\.?\s?O\.?\s*Box|Post\s+Office\s+Box)\s+\d+"
 # A NANP-shaped number with separators, and any digit run after a phone/fax label: `phonenumbers` rejects numbers
 # it knows to be unassigned (555, 123 area codes), which are still someone's identifier in a note.
 _NANP = r"(?<![\w-])(?:\+?1[-.\s]?)?(?:\(\d{3}\)\s?|\d{3}[-.\s])\d{3}[-.\s]\d{4}(?![\w-])"
-_PHONE_CUE = r"(?i:\b(?:phone|tel|telephone|fax|facsimile|cell|mobile|pager|beeper|contact)\b\.?(?:\s*(?:no\.?|number|#))?)"
+_PHONE_CUE = (
+    r"(?i:\b(?:phone|tel|telephone|fax|facsimile|cell|mobile|pager|beeper|contact)\b\.?(?:\s*(?:no\.?|number|#))?)"
+)
 _PHONE_AFTER_CUE = r"\+?\(?\d[\d\s().-]{5,18}\d(?:\s*(?:x|ext\.?)\s*\d{1,5})?"
 
 # --- names ----------------------------------------------------------------------------------------------------------
@@ -354,7 +358,8 @@ class Scrubber:
         }
         chosen = [r for kind in self.entities for r in recognizers[kind]]
         for r in chosen:
-            r.load() if isinstance(r, NameRecognizer) else None
+            if isinstance(r, NameRecognizer):
+                r.load()  # the census lists and the stop vocabulary now, not in the first record's time
         registry = RecognizerRegistry(recognizers=chosen, supported_languages=["en"])
         engine = BlankSpacyEngine()
         engine.load()
@@ -377,7 +382,9 @@ class Scrubber:
             kind = ENTITY_KIND.get(r.entity_type)
             if kind not in self.entities or r.score < MIN_SCORE or r.end <= r.start:
                 continue
-            if kind in ("ip", "phone", "mrn", "account") and _NOT_PHI_BEFORE.search(text, max(0, r.start - 12), r.start):
+            if kind in ("ip", "phone", "mrn", "account") and _NOT_PHI_BEFORE.search(
+                text, max(0, r.start - 12), r.start
+            ):
                 continue
             found.append((r.start, r.end, kind))
         # longer first, then the more specific kind; a span overlapping one already taken is dropped
