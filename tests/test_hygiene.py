@@ -200,3 +200,59 @@ def test_csv_with_mixed_encodings_names_the_first_line_that_is_not_utf8(tmp_path
     with pytest.raises(DataError, match=r"qa.csv:3: not UTF-8 text") as e:
         prepare.run(file_cfg(tmp_path, path, extra=(NO_SCRUB,)), tmp_path / "prepared")
     assert "mix encodings" in e.value.fix
+
+
+# --- the PHI scrub inside prepare ---------------------------------------------------------------------------
+
+
+PLANTED = {
+    "email": "jane.roe@example.org",
+    "phone": "(617) 555-0142",
+    "mrn": "MRN: 00482913",
+    "ssn": "078-05-1120",
+    "dob": "DOB 03/14/1962",
+    "address": "1234 Elm Street, Springfield, IL 62704",
+    "url": "https://portal.example.org/patient?id=88341",
+    "name": "Dr. Margaret Chen",
+}
+
+
+def test_prepare_scrubs_planted_identifiers_from_every_output_and_counts_them(tmp_path, capsys):
+    rows = [
+        (f"What is term {i}?", f"Term {i} names thing number {i} in the glossary of this clinic.") for i in range(30)
+    ]
+    rows[4] = ("Who do I call about term 4?", f"Call {PLANTED['name']} at {PLANTED['phone']} or {PLANTED['email']}.")
+    rows[7] = (
+        "What does the intake note say?",
+        f"Patient {PLANTED['mrn']}, {PLANTED['dob']}, SSN {PLANTED['ssn']}, lives at {PLANTED['address']}; "
+        f"records at {PLANTED['url']}. The note describes mild anemia and fatigue for two weeks.",
+    )
+    rows.append(("Contact?", f"{PLANTED['email']} {PLANTED['phone']}"))  # nothing but identifiers: dropped
+    path = write_csv(tmp_path / "notes.csv", rows)
+    out = tmp_path / "prepared"
+    prepare.run(file_cfg(tmp_path, path), out)
+    written = "".join(p.read_text(encoding="utf-8") for p in out.iterdir()) + "".join(capsys.readouterr())
+    for kind, value in PLANTED.items():
+        core = value.split(": ")[-1].split(" ", 1)[-1] if kind in ("mrn", "dob") else value
+        assert core not in written, kind
+    recs = {r.id: r for v in splits_of(out).values() for r in v}
+    assert "[PHONE]" in recs["notes:5"].completion and "[EMAIL]" in recs["notes:5"].completion
+    assert "[NAME]" in recs["notes:5"].completion
+    assert "mild anemia" in recs["notes:8"].completion  # the rest of the text is kept readable
+    assert "notes:31" not in recs
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    scrub = manifest["hygiene"]["scrub"]
+    assert scrub["records_dropped"] == 1 and scrub["records_changed"] == 3
+    assert set(PLANTED) <= set(scrub["found"])
+    assert manifest["hygiene"]["by_source"]["notes.csv"]["phi"] == 1
+    assert "Includes user-provided data (notes.csv)" in manifest["note"]
+
+
+def test_a_source_that_is_all_identifiers_stops_with_counts(tmp_path):
+    rows = [(f"Contact {i}?", f"{i}{PLANTED['email']} (617) 555-01{i:02d}") for i in range(12)]
+    out = tmp_path / "prepared"
+    with pytest.raises(
+        DataError, match=r"'ids.csv' has nothing left to train on: 12 record\(s\), 12 mostly identifiers"
+    ):
+        prepare.run(file_cfg(tmp_path, write_csv(tmp_path / "ids.csv", rows)), out)
+    assert not out.exists()

@@ -17,7 +17,10 @@ PROMPT_NAMES = ("question", "prompt", "instruction", "query", "input", "term", "
 COMPLETION_NAMES = ("answer", "completion", "response", "output", "definition", "explanation", "a")
 TEXT_NAMES = ("text", "content", "body", "abstract", "document", "passage")
 # trained tokens per second by machine kind, from docs/benchmarks.md (SmolLM2-135M, LoRA): budgets are sized from them
-LICENSE_LINE = "      license: user-provided      # recorded in the manifest and model card"
+LICENSE_LINE = (
+    "      license: user-provided      # recorded on every record, in the manifest and model card\n"
+    "      # attribution: \"...\"         # the credit line your licence requires, if any"
+)
 SPEED = {"cuda": 5000.0, "cpu-bf16": 430.0, "cpu-fp32": 250.0}
 
 
@@ -166,6 +169,12 @@ data:
   val_fraction: 0.05
   test_fraction: 0.1          # held out by group (a document, or a row's group column): the report's test set
   seed: 0
+  hygiene:                    # on by default; counted in data/manifest.json and the report (docs/hygiene.md)
+    scrub: {{enabled: true}}    # e-mails, phones, record/account/SSN-like numbers, birth dates, addresses, URLs, IPs,
+                              # names (titles + census name lists) -> [EMAIL], [PHONE], ...
+    dedup: {{enabled: true}}    # exact and near-duplicate records (Jaccard of word 5-grams >= 0.9) removed
+    leakage: {{on_leak: refuse}}  # overlapping groups kept on one side; a held-out answer found in training: refuse,
+                              # move (to train) or drop
 prompt:
   style: auto
   system: You are an assistant for this domain. Answer briefly and precisely.

@@ -248,8 +248,12 @@ def _quiet_loggers() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+_ENGINES: dict[tuple[str, ...], tuple[Any, list[str]]] = {}
+
+
 class Scrubber:
-    """Replaces identifiers by typed placeholders. The Presidio engine is built on first use, once per instance."""
+    """Replaces identifiers by typed placeholders. The Presidio engine is built on first use, once per process for a
+    set of kinds."""
 
     def __init__(self, entities: Iterable[str] = PHI_ENTITIES, prefilter: bool = True) -> None:
         self.entities = tuple(dict.fromkeys(entities))
@@ -263,6 +267,13 @@ class Scrubber:
     # -- engine ------------------------------------------------------------------------------------------------------
 
     def _build(self) -> None:
+        # one engine per process and set of kinds: building it takes seconds, and tests and `run` prepare often
+        cached = _ENGINES.get(self.entities)
+        if cached is None:
+            cached = _ENGINES[self.entities] = self._new_engine()
+        self._analyzer, self._presidio_entities = cached
+
+    def _new_engine(self) -> tuple[Any, list[str]]:
         _quiet_loggers()
         import regex
         import spacy
@@ -363,11 +374,11 @@ class Scrubber:
         registry = RecognizerRegistry(recognizers=chosen, supported_languages=["en"])
         engine = BlankSpacyEngine()
         engine.load()
-        self._analyzer = AnalyzerEngine(
+        analyzer = AnalyzerEngine(
             registry=registry, nlp_engine=engine, supported_languages=["en"], log_decision_process=False
         )
-        self._presidio_entities = sorted({e for e, k in ENTITY_KIND.items() if k in self.entities})
         _quiet_loggers()
+        return analyzer, sorted({e for e, k in ENTITY_KIND.items() if k in self.entities})
 
     # -- API ---------------------------------------------------------------------------------------------------------
 
