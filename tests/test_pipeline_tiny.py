@@ -83,6 +83,12 @@ def test_model_card_states_limits_and_licences(tiny_run):
     assert "Not medical advice" in card and "not a clinician" in card
     assert "Human Phenotype Ontology" in card
     assert "LoRA r=16" in card
+    # sources with licence and required attribution, and what the hygiene steps did, from the data manifest
+    assert "Licence: Human Phenotype Ontology (https://hpo.jax.org/app/license)" in card
+    assert "Attribution: This product uses the Human Phenotype Ontology" in card
+    assert "- PHI / PII scrub: 0 identifier(s) replaced" in card
+    assert "- Leakage check:" in card and "- Duplicates: 0 exact and 0 near-duplicate" in card
+    assert "Public reference data only; no patient data." in card
 
 
 def test_generate_tuned_and_base(tiny_run, capsys):

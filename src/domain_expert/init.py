@@ -19,7 +19,7 @@ TEXT_NAMES = ("text", "content", "body", "abstract", "document", "passage")
 # trained tokens per second by machine kind, from docs/benchmarks.md (SmolLM2-135M, LoRA): budgets are sized from them
 LICENSE_LINE = (
     "      license: user-provided      # recorded on every record, in the manifest and model card\n"
-    "      # attribution: \"...\"         # the credit line your licence requires, if any"
+    '      # attribution: "..."         # the credit line your licence requires, if any'
 )
 SPEED = {"cuda": 5000.0, "cpu-bf16": 430.0, "cpu-fp32": 250.0}
 
