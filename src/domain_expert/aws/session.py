@@ -144,9 +144,10 @@ class AwsContext:
         except Exception as e:
             raise self._transport_error(service, method, e) from None
 
-    def upload(self, path: Path, bucket: str, key: str) -> None:
-        """One file to S3 (managed transfer: PutObject, or a multipart upload for big files)."""
-        params = {"Bucket": bucket, "Key": key, "Body": f"<file {path} ({path.stat().st_size} bytes)>"}
+    def upload(self, path: Path, bucket: str, key: str, what: str | None = None) -> None:
+        """One file to S3 (managed transfer: PutObject, or a multipart upload for big files). `what` describes a
+        file written for the upload (its temporary path would mean nothing in a dry-run's listing)."""
+        params = {"Bucket": bucket, "Key": key, "Body": f"<{what or f'file {path}'} ({path.stat().st_size} bytes)>"}
         self.requests.append(("s3", "put_object", params))
         if self.dry_run:
             self.echo(format_request(len(self.requests), "s3", "put_object", params))

@@ -112,7 +112,7 @@ def train(ctx: AwsContext, cfg: Any, spec: TrainSpec) -> dict[str, Any]:
         local = Path(tmp) / CONFIG_FILE
         local.write_text(text, encoding="utf-8")
         key = f"{base_key}/{job}/config/{CONFIG_FILE}"
-        ctx.upload(local, spec.bucket, key)
+        ctx.upload(local, spec.bucket, key, what="the config as resolved here")
         ctx.made(f"s3://{spec.bucket}/{key}", "s3", "delete_object", Bucket=spec.bucket, Key=key)
         if spec.data_dir is not None:
             upload_folder(ctx, spec.data_dir, spec.bucket, f"{base_key}/{job}/data")

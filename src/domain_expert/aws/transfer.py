@@ -72,7 +72,7 @@ def upload_folder(
         local = Path(tmp) / MANIFEST
         local.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         key = f"{key_prefix}/{MANIFEST}"
-        ctx.upload(local, bucket, key)
+        ctx.upload(local, bucket, key, what="the keys and sha256 of the files above")
         ctx.made(f"s3://{bucket}/{key}", "s3", "delete_object", Bucket=bucket, Key=key)
     return manifest
 
