@@ -34,7 +34,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
     from domain_expert.aws import checks, transfer
 
     ctx = _context(args)
-    ctx.session  # noqa: B018 (region resolved before anything else)
+    ctx.check_region("s3")
     transfer.check_uploadable(args.path)
     ctx.require_credentials()
     checks.check_bucket(ctx, args.bucket)
