@@ -164,6 +164,16 @@ def _init_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--force", action="store_true", help="replace an existing config file")
 
 
+def cmd_aws(args) -> int:
+    return args.aws_func(args)
+
+
+def _aws_args(sp: argparse.ArgumentParser) -> None:
+    from domain_expert.aws.cli import add_arguments
+
+    add_arguments(sp)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="domain-expert",
@@ -289,6 +299,7 @@ VERBS: list[tuple[str, str, Callable, Callable[[argparse.ArgumentParser], None]]
      lambda sp: _ask_args(sp, question=False)),
     ("configs", "list the shipped configs", cmd_configs, lambda sp: None),
     ("init", "write a starter config for your own folder of documents or Q&A table", cmd_init, _init_args),
+    ("aws", "S3 upload, SageMaker training and endpoints, Bedrock import (needs the aws extra)", cmd_aws, _aws_args),
 ]  # fmt: skip
 
 

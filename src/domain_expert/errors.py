@@ -47,3 +47,8 @@ class CheckpointError(RunFolderError):
 
 class UnsupportedModelError(ModelNotFoundError):
     """A model's architecture is one that no stage of this project can train or serve."""
+
+
+class AwsError(DomainExpertError):
+    """An AWS command cannot run (no credentials, a bad region, bucket or instance type), or a request failed; the
+    message lists any resources that were created and then deleted again."""
