@@ -212,11 +212,14 @@ def _finetune_args(sp: argparse.ArgumentParser) -> None:
 
 
 def _export_args(sp: argparse.ArgumentParser) -> None:
+    from domain_expert.export.gguf_writer import GGUF_TYPES
+    from domain_expert.export.targets import TARGETS
+
     sp.add_argument("run", type=Path, help="run folder or its finetune/ folder (other targets: also export/ or a model"
                     " folder)")  # fmt: skip
     sp.add_argument(
         "--target",
-        choices=["hf", "bedrock", "sagemaker", "gguf"],
+        choices=TARGETS,
         default="hf",
         help="hf: merged Hugging Face folder (default); bedrock: Custom Model Import folder + validation; sagemaker:"
         " model.tar.gz for deploy/sagemaker's image; gguf: GGUF + Ollama Modelfile (docs/deploy.md)",
@@ -224,7 +227,7 @@ def _export_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--out", type=Path, help="output folder (default: <run>/export, or <run>/export-<target>)")
     sp.add_argument("--dtype", choices=["bf16", "fp16", "fp32"],
                     help="weights dtype (hf: default from config; bedrock: default bf16)")  # fmt: skip
-    sp.add_argument("--gguf-type", choices=["f32", "f16", "bf16", "q8_0"], default="q8_0",
+    sp.add_argument("--gguf-type", choices=GGUF_TYPES, default="q8_0",
                     help="gguf target's precision (default q8_0)")  # fmt: skip
     sp.add_argument("--overwrite", action="store_true")
 

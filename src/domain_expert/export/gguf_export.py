@@ -15,10 +15,11 @@ from domain_expert.export.gguf_writer import GGUF_TYPES, check_convertible, writ
 from domain_expert.fsutil import staged_dir, write_json_atomic, write_text_atomic
 
 GGUF_NAME = "model.gguf"
-# max |logit diff| vs the merged folder (both run in fp32), by GGUF type. f32 only reorders rows; f16/bf16 round each
-# weight (bf16 from a bf16 export is exact); q8_0 rounds to 8 bits per 32-weight block. Measured (docs/deploy.md):
-# SmolLM2 run, 4 held-out prompts, f32 ~1e-5, bf16 0 from a bf16 export, f16 <0.1, q8_0 ~0.5-1.
-GGUF_TOLERANCE = {"f32": 1e-4, "f16": 0.15, "bf16": 0.15, "q8_0": 2.0}
+# max |logit diff| vs the merged folder (both run in fp32), by GGUF type. f32 only reorders rows (exact); f16/bf16
+# round each weight (exact from a bf16 export; from an fp32 export they cost what `hf` allows for those dtypes); q8_0
+# rounds to 8 bits per 32-weight block. Measured on the default SmolLM2 run's bf16 export, 4 held-out prompts
+# (docs/deploy.md): f32 0, bf16 0, f16 6e-5, q8_0 0.88 (argmax agreement 0.98).
+GGUF_TOLERANCE = {"f32": 1e-4, "f16": 0.5, "bf16": 1.5, "q8_0": 2.0}
 MIN_ARGMAX_AGREEMENT = {"f32": 1.0, "f16": 0.95, "bf16": 0.95, "q8_0": 0.8}
 
 

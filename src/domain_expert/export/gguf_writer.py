@@ -66,6 +66,7 @@ def write_gguf(folder: Path, path: Path, gguf_type: str, name: str) -> dict:
     hidden, layers = int(config["hidden_size"]), int(config["num_hidden_layers"])
     head_dim = int(config.get("head_dim") or hidden // n_head)
     rope = config.get("rope_parameters") or {}
+    w.add_type(gguf.GGUFType.MODEL)
     w.add_name(name)
     w.add_context_length(int(config["max_position_embeddings"]))
     w.add_embedding_length(hidden)
@@ -98,6 +99,7 @@ def write_gguf(folder: Path, path: Path, gguf_type: str, name: str) -> dict:
         data, kind = _encode(data, qtype, gguf, np)
         w.add_tensor(f"{mapped}.{suffix}" if suffix else mapped, data, raw_dtype=kind)
         counts[kind.name] = counts.get(kind.name, 0) + 1
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -189,7 +191,6 @@ def _add_tokenizer(w, folder: Path, vocab_size: int) -> dict:
             add(int(ids[key]))
     adds_bos = bool(tok.bos_token_id is not None and tok("a")["input_ids"][:1] == [tok.bos_token_id])
     w.add_add_bos_token(adds_bos)
-    w.add_add_space_prefix(False)
     if getattr(tok, "chat_template", None):
         w.add_chat_template(tok.chat_template)
     return {"model": "gpt2", "pre": pre, "tokens": len(tokens), "merges": len(merges), "special_ids": ids}

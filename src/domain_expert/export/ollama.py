@@ -10,10 +10,12 @@ its own reading of the GGUF's `tokenizer.chat_template`; stage.json says which h
 
 from __future__ import annotations
 
+# Ollama passes the system prompt both as .System and as a system entry of .Messages (as its own ChatML templates
+# assume): the range skips system entries so the prompt appears once, first, as in training.
 CHATML_GO = (
     "{{- if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}"
-    "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
-    "<|im_start|>assistant\n"
+    '{{- range .Messages }}{{- if ne .Role "system" }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}'
+    "{{- end }}<|im_start|>assistant\n"
 )
 _PROBE = [
     {"role": "system", "content": "S1"},

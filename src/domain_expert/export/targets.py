@@ -8,7 +8,7 @@ source: a target never merges again, so every target ships the weights whose fid
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +16,14 @@ from domain_expert.errors import ExportError, RunFolderError
 from domain_expert.fsutil import read_json
 from domain_expert.runs import completed_stage, stage_info
 
-TARGETS = ("hf", "bedrock", "sagemaker", "gguf")
+# the one registry of targets built from the merged folder: name -> (module, builder(src, out, **opts) -> Path);
+# modules are imported only when their target is asked for (torch, transformers, gguf load inside them)
+_BUILDERS = {
+    "bedrock": ("domain_expert.export.bedrock", "build_bedrock"),
+    "sagemaker": ("domain_expert.export.sagemaker", "build_sagemaker"),
+    "gguf": ("domain_expert.export.gguf_export", "build_gguf"),
+}
+TARGETS = ("hf", *_BUILDERS)
 
 
 @dataclass(frozen=True)
@@ -46,8 +53,7 @@ def export_target(run_dir: str | Path, target: str = "hf", out: str | Path | Non
     the folder. Options by target: hf: dtype, overwrite; bedrock: dtype (bf16 default), overwrite; sagemaker:
     overwrite; gguf: gguf_type (f32|f16|bf16|q8_0), overwrite. A failing check raises a project error and leaves
     nothing behind."""
-    builders = _builders()
-    if target not in builders:
+    if target not in TARGETS:
         raise ExportError(f"unknown export target '{target}'", where="--target", fix=f"use one of {', '.join(TARGETS)}")
     if target == "hf":
         from domain_expert.export.hf import run
@@ -56,7 +62,9 @@ def export_target(run_dir: str | Path, target: str = "hf", out: str | Path | Non
     src = resolve_source(run_dir)
     default_parent = src.run_dir if src.run_dir is not None else src.folder.parent
     default_name = f"export-{target}" if src.run_dir is not None else f"{src.folder.name}-{target}"
-    return builders[target](src, Path(out) if out else default_parent / default_name, **opts)
+    module, builder = _BUILDERS[target]
+    build = getattr(importlib.import_module(module), builder)
+    return build(src, Path(out) if out else default_parent / default_name, **opts)
 
 
 def resolve_source(path: str | Path) -> Source:
@@ -84,11 +92,3 @@ def resolve_source(path: str | Path) -> Source:
         where=str(path),
         fix="pass runs/<name> (after `domain-expert run`), runs/<name>/export, or a Hugging Face model folder",
     )
-
-
-def _builders() -> dict[str, Callable[..., Path]]:
-    from domain_expert.export.bedrock import build_bedrock
-    from domain_expert.export.gguf_export import build_gguf
-    from domain_expert.export.sagemaker import build_sagemaker
-
-    return {"hf": lambda *a, **k: Path(), "bedrock": build_bedrock, "sagemaker": build_sagemaker, "gguf": build_gguf}
