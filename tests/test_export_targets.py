@@ -4,6 +4,7 @@ target's folder, its checks, and that a broken artifact fails with the reason an
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -16,6 +17,13 @@ import torch
 from domain_expert.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
+LLAMA_CPP = os.environ.get("DOMAIN_EXPERT_LLAMA_CPP")  # a llama.cpp tree, for the one test of the real converter
+
+
+@pytest.fixture(autouse=True)
+def _builtin_gguf_writer(monkeypatch):
+    """Tests run the built-in writer unless they ask for llama.cpp's converter themselves."""
+    monkeypatch.delenv("DOMAIN_EXPERT_LLAMA_CPP", raising=False)
 
 
 @pytest.fixture(scope="module")
@@ -199,6 +207,49 @@ def test_gguf_refuses_t5_with_the_reason(tmp_path, capsys):
     assert main(["export", str(t5), "--target", "gguf"]) == 2
     err = capsys.readouterr().err
     assert "T5ForConditionalGeneration is not converted" in err and "--target hf" in err
+
+
+def _fake_llama_cpp(root: Path, body: str) -> Path:
+    """A folder shaped like a llama.cpp source tree whose convert_hf_to_gguf.py runs `body`."""
+    (root / "gguf-py").mkdir(parents=True)
+    (root / "convert_hf_to_gguf.py").write_text("import sys\nfrom pathlib import Path\n" + body)
+    return root
+
+
+def test_gguf_through_a_llama_cpp_tree_passes_its_arguments_and_checks_its_output(tiny_run, tmp_path, capsys):
+    # a stand-in converter that writes with our writer: proves argument order, --outtype, --outfile and the check
+    conv = _fake_llama_cpp(tmp_path / "llama.cpp", (
+        "from domain_expert.export.gguf_writer import write_gguf\n"
+        "a = sys.argv\n"
+        "write_gguf(Path(a[1]), Path(a[a.index('--outfile') + 1]), a[a.index('--outtype') + 1], 'x')\n"))  # fmt: skip
+    out = tmp_path / "gguf-lc"
+    argv = ["export", str(tiny_run), "--target", "gguf", "--gguf-type", "f32", "--out", str(out), "--llama-cpp"]
+    assert main([*argv, str(conv)]) == 0
+    stage = json.loads((out / "stage.json").read_text())
+    assert stage["converter"].endswith("convert_hf_to_gguf.py") and "--outtype f32" in stage["written"]["command"]
+    assert stage["check"]["max_abs_logit_diff"] < 1e-4
+    broken = _fake_llama_cpp(tmp_path / "broken", "print('BPE pre-tokenizer was not recognized', file=sys.stderr)"
+                             "\nsys.exit(1)\n")  # fmt: skip
+    capsys.readouterr()
+    assert main([*argv[:-2], str(tmp_path / "gguf-x"), "--llama-cpp", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert "converter failed (exit 1)" in err and "pre-tokenizer was not recognized" in err
+    assert not (tmp_path / "gguf-x").exists()
+    assert main([*argv[:-2], str(tmp_path / "gguf-y"), "--llama-cpp", str(tmp_path)]) == 2
+    assert "no llama.cpp converter here" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not LLAMA_CPP, reason="set DOMAIN_EXPERT_LLAMA_CPP to a llama.cpp source tree")
+def test_gguf_with_the_real_llama_cpp_converter(tmp_path, monkeypatch):
+    """llama.cpp's own converter on the built-in SmolLM2 (its tokenizer is one llama.cpp recognises)."""
+    from domain_expert.models.reference import resolve_model
+
+    monkeypatch.setenv("DOMAIN_EXPERT_LLAMA_CPP", LLAMA_CPP)
+    folder = Path(resolve_model("smollm2-135m-instruct").path)
+    out = tmp_path / "lc"
+    assert main(["export", str(folder), "--target", "gguf", "--gguf-type", "q8_0", "--out", str(out)]) == 0
+    stage = json.loads((out / "stage.json").read_text())
+    assert stage["converter"].endswith("convert_hf_to_gguf.py") and stage["check"]["tokenizer_same_ids"]
 
 
 def test_ollama_template_is_chatml_only_when_the_template_renders_chatml(tiny_run):

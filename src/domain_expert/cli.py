@@ -63,7 +63,7 @@ def cmd_export(args) -> int:
     if args.target == "bedrock":
         opts["dtype"] = args.dtype or "bf16"
     if args.target == "gguf":
-        opts["gguf_type"] = args.gguf_type
+        opts.update(gguf_type=args.gguf_type, llama_cpp=args.llama_cpp)
     export_target(args.run, args.target, args.out, **opts)
     return 0
 
@@ -229,6 +229,9 @@ def _export_args(sp: argparse.ArgumentParser) -> None:
                     help="weights dtype (hf: default from config; bedrock: default bf16)")  # fmt: skip
     sp.add_argument("--gguf-type", choices=GGUF_TYPES, default="q8_0",
                     help="gguf target's precision (default q8_0)")  # fmt: skip
+    sp.add_argument("--llama-cpp", type=Path, metavar="PATH",
+                    help="gguf target: convert with llama.cpp's convert_hf_to_gguf.py from this source tree (or set"
+                    " DOMAIN_EXPERT_LLAMA_CPP); default: the built-in Llama-family writer")  # fmt: skip
     sp.add_argument("--overwrite", action="store_true")
 
 

@@ -45,8 +45,8 @@ def check_convertible(config: dict, where: str) -> None:
         raise ExportError(
             "cannot convert to GGUF: " + "; ".join(reasons),
             where=where,
-            fix="use --target hf, bedrock or sagemaker for this model, or llama.cpp's convert_hf_to_gguf.py on the"
-            " export/ folder (docs/deploy.md)",
+            fix="pass --llama-cpp PATH (a llama.cpp source tree: its converter knows more architectures), or use"
+            " --target hf, bedrock or sagemaker (docs/deploy.md)",
         )
 
 
