@@ -151,6 +151,20 @@ def test_sagemaker_tarball_extracts_and_serves_ping_and_invocations(tiny_run, tm
     assert r.json()["model"] == name and r.json()["usage"]["completion_tokens"] >= 1
 
 
+def test_a_target_of_a_run_without_export_exports_it_first_and_unknown_targets_are_refused(tiny_tuned, tmp_path):
+    from domain_expert.errors import ExportError
+    from domain_expert.export import export_target
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_tuned, run_dir)
+    assert not (run_dir / "export").exists()
+    out = export_target(run_dir / "finetune", "sagemaker")
+    assert out == run_dir / "export-sagemaker" and (out / "model.tar.gz").exists()
+    assert json.loads((run_dir / "export" / "stage.json").read_text())["stage"] == "export"
+    with pytest.raises(ExportError, match="unknown export target 'onnx'"):
+        export_target(run_dir, "onnx")
+
+
 def test_dockerfile_copies_what_exists_and_runs_the_tested_entrypoint():
     dockerfile = (REPO / "deploy" / "sagemaker" / "Dockerfile").read_text()
     copies = re.findall(r"^COPY (.+) \S+$", dockerfile, flags=re.M)

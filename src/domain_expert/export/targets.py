@@ -77,11 +77,11 @@ def resolve_source(path: str | Path) -> Source:
     if exp is not None:
         run = exp.parent if exp != path or (exp.parent / "finetune").exists() else None
         return Source(exp, run, read_json(exp / "stage.json"))
-    if completed_stage(path, "finetune") is not None:
+    ft = completed_stage(path, "finetune")
+    if ft is not None:
         from domain_expert.export.hf import run as export_hf
 
-        ft = completed_stage(path, "finetune")
-        run_dir = ft.parent if ft != path else path.parent
+        run_dir = ft.parent
         print(f"[domain-expert] no export/ yet in {run_dir}: exporting the merged folder first", flush=True)
         exp = export_hf(ft, run_dir / "export")
         return Source(exp, run_dir, read_json(exp / "stage.json"))
