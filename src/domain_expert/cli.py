@@ -57,9 +57,14 @@ def cmd_finetune(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from domain_expert import export
+    from domain_expert.export import export_target
 
-    export.run(args.run, args.out, dtype=args.dtype, overwrite=args.overwrite)
+    opts = {"dtype": args.dtype, "overwrite": args.overwrite}
+    if args.target == "bedrock":
+        opts["dtype"] = args.dtype or "bf16"
+    if args.target == "gguf":
+        opts.update(gguf_type=args.gguf_type, llama_cpp=args.llama_cpp)
+    export_target(args.run, args.target, args.out, **opts)
     return 0
 
 
@@ -124,6 +129,7 @@ def cmd_serve(args) -> int:
         engine=args.engine,
         decoder=args.decoder,
         compile=args.compile,
+        name=args.name,
     )
     return 0
 
@@ -216,9 +222,26 @@ def _finetune_args(sp: argparse.ArgumentParser) -> None:
 
 
 def _export_args(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("run", type=Path, help="run folder or its finetune/ folder")
-    sp.add_argument("--out", type=Path, help="output folder (default: <run>/export)")
-    sp.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], help="weights dtype (default: config)")
+    from domain_expert.export.gguf_writer import GGUF_TYPES
+    from domain_expert.export.targets import TARGETS
+
+    sp.add_argument("run", type=Path, help="run folder or its finetune/ folder (other targets: also export/ or a model"
+                    " folder)")  # fmt: skip
+    sp.add_argument(
+        "--target",
+        choices=TARGETS,
+        default="hf",
+        help="hf: merged Hugging Face folder (default); bedrock: Custom Model Import folder + validation; sagemaker:"
+        " model.tar.gz for deploy/sagemaker's image; gguf: GGUF + Ollama Modelfile (docs/deploy.md)",
+    )
+    sp.add_argument("--out", type=Path, help="output folder (default: <run>/export, or <run>/export-<target>)")
+    sp.add_argument("--dtype", choices=["bf16", "fp16", "fp32"],
+                    help="weights dtype (hf: default from config; bedrock: default bf16)")  # fmt: skip
+    sp.add_argument("--gguf-type", choices=GGUF_TYPES, default="q8_0",
+                    help="gguf target's precision (default q8_0)")  # fmt: skip
+    sp.add_argument("--llama-cpp", type=Path, metavar="PATH",
+                    help="gguf target: convert with llama.cpp's convert_hf_to_gguf.py from this source tree (or set"
+                    " DOMAIN_EXPERT_LLAMA_CPP); default: the built-in Llama-family writer")  # fmt: skip
     sp.add_argument("--overwrite", action="store_true")
 
 
@@ -244,6 +267,7 @@ def _serve_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("run", type=Path, help="run folder, its finetune/ or export/ folder, or a model folder")
     sp.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     sp.add_argument("--port", type=_int_at_least(0, 65535), default=8000)
+    sp.add_argument("--name", help="served model id (default: the run folder's name)")
     sp.add_argument("--api-key", help="require Authorization: Bearer KEY (or set DOMAIN_EXPERT_API_KEY)")
     sp.add_argument("--max-queue", type=_int_at_least(0), default=32, help="waiting requests beyond this get HTTP 429")
     sp.add_argument("--max-batch", type=_int_at_least(1), default=32, help="requests generated together (batch rows)")
@@ -288,7 +312,8 @@ VERBS: list[tuple[str, str, Callable, Callable[[argparse.ArgumentParser], None]]
     ("run", "the whole pipeline on a config, then base vs tuned side by side", cmd_run, _run_args),
     ("prepare", "sources -> train/val/test JSONL + manifest.json", cmd_prepare, _prepare_args),
     ("finetune", "LoRA fine-tuning on prepared data", cmd_finetune, _finetune_args),
-    ("export", "merge the adapter into a plain Hugging Face folder with a model card", cmd_export, _export_args),
+    ("export", "merge the adapter into a plain Hugging Face folder, or build a deploy target (--target)", cmd_export,
+     _export_args),
     ("evaluate", "compare base vs tuned (or any models) on held-out items, with statistics", cmd_evaluate,
      _evaluate_args),
     ("report", "write report.html / report.md from a run's files (no model loaded)", cmd_report, _report_args),

@@ -41,6 +41,10 @@ class FidelityError(DomainExpertError):
     """A merged model does not reproduce adapter+base outputs within tolerance."""
 
 
+class ExportError(DomainExpertError):
+    """An export target cannot be built from this model (architecture, dtype, size, files), or its check failed."""
+
+
 class CheckpointError(RunFolderError):
     """A training checkpoint is missing, incomplete, corrupted, or was written with other settings."""
 

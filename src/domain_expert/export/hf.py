@@ -8,7 +8,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from domain_expert.config import load_config
 from domain_expert.errors import FidelityError
 from domain_expert.export.model_card import model_card
 from domain_expert.fsutil import read_json, staged_dir, write_json_atomic, write_text_atomic
@@ -22,6 +21,7 @@ DEFAULT_TOLERANCE = {"fp32": 1e-3, "fp16": 0.5, "bf16": 1.5}
 def run(
     finetune_path: str | Path, out_dir: str | Path | None = None, *, dtype: str | None = None, overwrite: bool = False
 ) -> Path:
+    from domain_expert.config import load_config
     from domain_expert.models.loader import load_for_inference
 
     ft_dir = find_stage(finetune_path, "finetune")

@@ -4,8 +4,10 @@ the run's folders record: base model, data sources and licences, training summar
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from domain_expert.config import RunConfig
+if TYPE_CHECKING:  # the config package loads pydantic and YAML: not needed to import this module
+    from domain_expert.config import RunConfig
 
 AUTO_CLASS = {"causal": "AutoModelForCausalLM", "seq2seq": "AutoModelForSeq2SeqLM"}
 
