@@ -3,6 +3,7 @@ target's folder, its checks, and that a broken artifact fails with the reason an
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -129,11 +130,13 @@ def test_sagemaker_tarball_extracts_and_serves_ping_and_invocations(tiny_run, tm
     with tarfile.open(tarball) as tar:
         assert all("/" not in n for n in tar.getnames())  # SageMaker extracts the root into /opt/ml/model
         tar.extractall(model_dir, filter="data")
-    # run exactly the command the image's entrypoint runs, with $MODEL_DIR and $NAME filled in
+    # run exactly the command the image's entrypoint runs (`python -m MODULE serve`), with SageMaker's model dir
     script = (REPO / "deploy" / "sagemaker" / "serve").read_text()
-    line = next(x for x in script.splitlines() if x.startswith("exec domain-expert "))
+    line = next(x for x in script.splitlines() if x.startswith("exec python -m "))
+    module, verb = shlex.split(line)[3:]
+    assert verb == "serve"
+    monkeypatch.setenv("SM_MODEL_DIR", str(model_dir))
     name = json.loads((model_dir / "serving.json").read_text())["name"]
-    argv = [a.replace("$MODEL_DIR", str(model_dir)).replace("$NAME", name) for a in shlex.split(line)[2:]]
     seen: dict = {}
 
     def fake_run(app, host, port, **kw):  # instead of uvicorn: the same app, in-process
@@ -144,7 +147,7 @@ def test_sagemaker_tarball_extracts_and_serves_ping_and_invocations(tiny_run, tm
         seen["invocations"] = c.post("/invocations", json=body)
 
     monkeypatch.setattr(uvicorn, "run", fake_run)
-    assert main(argv) == 0
+    assert importlib.import_module(module).main([verb]) == 0
     assert seen["host"] == "0.0.0.0" and seen["port"] == 8080 and seen["ping"] == 200
     r = seen["invocations"]
     assert r.status_code == 200, r.text
@@ -169,11 +172,15 @@ def test_dockerfile_copies_what_exists_and_runs_the_tested_entrypoint():
     dockerfile = (REPO / "deploy" / "sagemaker" / "Dockerfile").read_text()
     copies = re.findall(r"^COPY (.+) \S+$", dockerfile, flags=re.M)
     sources = [s for line in copies for s in line.split()]
-    assert "deploy/sagemaker/serve" in sources
+    assert "deploy/sagemaker/serve" in sources and "deploy/sagemaker/train" in sources
     for s in sources:
         assert (REPO / s).exists(), s
     assert 'CMD ["serve"]' in dockerfile and "torch==2.13.0" in dockerfile
-    assert "/usr/local/bin/serve" in dockerfile
+    assert "/usr/local/bin/serve /usr/local/bin/train" in dockerfile  # SageMaker's two verbs are on PATH
+    for verb in ("serve", "train"):  # both dispatch to the module the tests run
+        assert (
+            f"exec python -m domain_expert.aws.container {verb}" in (REPO / "deploy" / "sagemaker" / verb).read_text()
+        )
 
 
 # --- gguf -------------------------------------------------------------------------------------------------------

@@ -116,10 +116,22 @@ def serve(root: str | Path | None = None) -> int:
     """SageMaker's `serve`: our OpenAI-compatible server with /ping and /invocations on port 8080."""
     from domain_expert.cli import main
 
-    model = _root(root) / "model"
+    model = Path(os.environ.get("SM_MODEL_DIR") or _root(root) / "model")
+    # a training job's output is a run folder (serve its export/); `export --target sagemaker` is the merged folder
+    # itself with serving.json naming the model
     target = model / "export" if (model / "export" / "stage.json").exists() else model
     port = os.environ.get("SAGEMAKER_BIND_TO_PORT", "8080")
-    return main(["serve", str(target), "--host", "0.0.0.0", "--port", port])
+    argv = ["serve", str(target), "--host", "0.0.0.0", "--port", port]
+    serving = model / "serving.json"
+    if serving.is_file():
+        try:
+            name = json.loads(serving.read_text(encoding="utf-8"))["name"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise AwsError(
+                "not a serving.json with a 'name'", where=str(serving), fix="re-export --target sagemaker"
+            ) from None
+        argv += ["--name", str(name)]
+    return main(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
