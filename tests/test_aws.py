@@ -452,3 +452,36 @@ def test_container_failure_is_reported_to_sagemaker(tmp_path):
         container.train(tmp_path)
     assert "missing.yaml" in (tmp_path / "output" / "failure").read_text()
     assert container.main(["bogus"]) == 2
+
+
+def test_real_exports_of_a_tiny_run_deploy_and_import(aws, tmp_path, tiny_tuned, capsys):
+    """No stand-ins: the export package's own sagemaker and bedrock targets, made from a tuned run, go to moto
+    (deploy) and to Bedrock's stubbed CreateModelImportJob after validate_bedrock passed."""
+    from botocore.stub import ANY, Stubber
+
+    from domain_expert.aws.bedrock import ImportSpec, bedrock_import
+
+    run = tmp_path / "tiny-run"
+    shutil.copytree(tiny_tuned, run)
+    bucket = new_bucket()
+    args = ["aws", "deploy", str(run), "--bucket", bucket, "--role-arn", ROLE, "--image-uri", IMAGE,
+            "--instance-type", MOTO_ENDPOINT_TYPE, "--endpoint-name", "tiny-ep"]  # fmt: skip
+    assert main(args) == 0
+    assert (run / "export-sagemaker" / "model.tar.gz").is_file()  # exported on the way, then uploaded
+    model_key = next(k for k in keys(bucket) if k.endswith("/model.tar.gz"))
+    body = client("s3").get_object(Bucket=bucket, Key=model_key)["Body"].read()
+    assert body == (run / "export-sagemaker" / "model.tar.gz").read_bytes()
+    with tarfile.open(fileobj=io.BytesIO(body)) as tar:
+        assert {"config.json", "serving.json", "model.safetensors"} <= set(tar.getnames())
+
+    ctx = AwsContext(region="us-east-1")
+    with Stubber(ctx.client("bedrock")) as stub:
+        stub.add_response("create_model_import_job", {"jobArn": "arn:aws:bedrock:us-east-1:1:model-import-job/x"},
+                          {"jobName": "tiny-import", "importedModelName": "tiny", "roleArn": ROLE,
+                           "modelDataSource": ANY, "jobTags": ANY})  # fmt: skip
+        bedrock_import(ctx, run, ImportSpec(bucket=bucket, role_arn=ROLE, model_name="tiny", job_name="tiny-import"))
+    validation = json.loads((run / "export-bedrock" / "validation.json").read_text())
+    assert validation["ok"] is True
+    uploaded = {k.rsplit("/", 1)[-1] for k in keys(bucket) if "/bedrock/tiny-import/" in k}
+    assert {"config.json", "tokenizer.json", "validation.json"} <= uploaded
+    assert any(k.endswith(".safetensors") for k in uploaded)
