@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: setup setup-test run test test-slow lint clean
+.PHONY: setup setup-test run test test-slow lint clean llamacpp
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -47,3 +47,20 @@ lint: setup-test
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+# Optional: llama.cpp's llama-server for `serve --engine llamacpp` (docs/serving.md). Built from the llama.cpp sources
+# inside the llama-cpp-python source distribution (the registry has no CPU wheel), with Debian's cmake and g++:
+# ~8 minutes on 2 cores. Lands in $(LLAMACPP_DIR)/build/bin; the server finds it there, on PATH, or at
+# DOMAIN_EXPERT_LLAMA_SERVER.
+LLAMACPP_VERSION ?= 0.3.36
+LLAMACPP_DIR ?= .cache/llama.cpp
+llamacpp: $(BIN)/python
+	mkdir -p $(LLAMACPP_DIR)/sdist
+	test -f $(LLAMACPP_DIR)/sdist/llama_cpp_python-$(LLAMACPP_VERSION).tar.gz || \
+	  $(BIN)/pip download -q --no-deps --no-binary :all: -d $(LLAMACPP_DIR)/sdist llama-cpp-python==$(LLAMACPP_VERSION)
+	rm -rf $(LLAMACPP_DIR)/src && mkdir -p $(LLAMACPP_DIR)/src
+	tar -xzf $(LLAMACPP_DIR)/sdist/llama_cpp_python-$(LLAMACPP_VERSION).tar.gz -C $(LLAMACPP_DIR)/src --strip-components=1
+	cmake -S $(LLAMACPP_DIR)/src/vendor/llama.cpp -B $(LLAMACPP_DIR)/build -DLLAMA_CURL=OFF -DGGML_NATIVE=ON \
+	  -DCMAKE_BUILD_TYPE=Release -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
+	cmake --build $(LLAMACPP_DIR)/build --target llama-server llama-quantize -j2
+	@echo "llama-server: $(LLAMACPP_DIR)/build/bin/llama-server"
