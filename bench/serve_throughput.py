@@ -1,4 +1,5 @@
-"""Serving benchmark: `domain-expert serve` against `transformers serve --continuous-batching`, side by side.
+"""Serving benchmark: `domain-expert serve` (its engines) against `transformers serve --continuous-batching` and
+llama.cpp's `llama-server`, side by side.
 
     python bench/serve_throughput.py [RUN] [--clients 1 4 16 64] [--seconds 20] [--max-tokens 48]
     python bench/serve_throughput.py [RUN] --load-test --clients 64 --seconds 60
@@ -6,7 +7,12 @@
 Each server is started as a subprocess on a free 127.0.0.1 port with the same weights: ours serves the run (adapter
 merged), the peers its export/ folder (the same merged model) with `transformers serve --continuous-batching`
 ("peer") or plain `transformers serve` ("peer-default"); "ours-compiled" is `serve --compile`, healthy only once
-its decoding step is compiled. For each concurrency level N, N clients send streamed chat
+its decoding step is compiled. llama.cpp: "ours-llamacpp-<precision>" is `serve --engine llamacpp
+--llamacpp-precision <precision>` (our API over a managed llama-server: base GGUF + LoRA adapter applied per request),
+"llama-server-<precision>" is llama.cpp's server alone (`llama-server -np <max clients> --jinja`) on the export's GGUF
+(`domain-expert export RUN --target gguf --gguf-type <precision>`, the merged model): what a user running llama.cpp
+directly gets. llama-server comes from DOMAIN_EXPERT_LLAMA_SERVER, .cache/llama.cpp/build/bin (`make llamacpp`) or
+PATH. For each concurrency level N, N clients send streamed chat
 completions back to back (greedy, held-out questions from the run's test split) for `--seconds`. It reports
 aggregate generated tokens/s (from each response's usage, or its content chunks when a server sends no usage), time
 to first token and end-to-end latency p50/p95, and the ratios: N clients vs 1 client, ours vs the peer. Results go
@@ -110,14 +116,46 @@ async def post_stream(port: int, path: str, body: dict) -> dict:
 # --- servers ---------------------------------------------------------------------------------------------------
 
 
-def start_server(kind: str, run: Path, port: int, max_queue: int) -> tuple[subprocess.Popen, str]:
+def llama_server() -> str:
+    import shutil
+
+    for c in (os.environ.get("DOMAIN_EXPERT_LLAMA_SERVER"), ".cache/llama.cpp/build/bin/llama-server"):
+        if c and Path(c).is_file():
+            return str(Path(c).resolve())
+    found = shutil.which("llama-server")
+    if not found:
+        raise SystemExit("llama-server not found: `make llamacpp` builds it (or set DOMAIN_EXPERT_LLAMA_SERVER)")
+    return found
+
+
+def gguf_export(run: Path, precision: str) -> Path:
+    """The run's merged model as a GGUF of `precision`, made once per precision with our export target."""
+    out = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-gguf-{run.resolve().name}-{precision}"
+    if not (out / "model.gguf").is_file():
+        bin_dir = Path(sys.executable).parent
+        cmd = [str(bin_dir / "domain-expert"), "export", str(run), "--target", "gguf", "--gguf-type", precision]
+        subprocess.run([*cmd, "--out", str(out), "--overwrite"], check=True)
+    return out / "model.gguf"
+
+
+def start_server(
+    kind: str, run: Path, port: int, max_queue: int, max_parallel: int = 16
+) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     bin_dir = Path(sys.executable).parent
     if kind.startswith("ours"):
         cmd = [str(bin_dir / "domain-expert"), "serve", str(run), "--port", str(port), "--max-queue", str(max_queue)]
         cmd += ["--decoder", "transformers"] if kind == "ours-transformers-forward" else []
         cmd += ["--compile"] if kind == "ours-compiled" else []
+        if kind.startswith("ours-llamacpp-"):
+            cmd += ["--engine", "llamacpp", "--llamacpp-precision", kind.removeprefix("ours-llamacpp-")]
         model = run.resolve().name
+    elif kind.startswith("llama-server-"):
+        gguf = gguf_export(run, kind.removeprefix("llama-server-"))
+        cmd = [llama_server(), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "--jinja"]
+        # one slot per client of the largest level, each with room for a prompt and its answer
+        cmd += ["-np", str(max_parallel), "-c", str(512 * max_parallel), "-t", str(os.cpu_count() or 2)]
+        model = "model"
     else:
         export = run / "export"
         # the dtype our server picks on this machine (bf16 where the CPU has native bf16 instructions, else fp32),
@@ -234,7 +272,8 @@ def main(argv=None) -> int:
         "--servers",
         nargs="+",
         default=["ours", "peer"],
-        choices=["ours", "ours-compiled", "ours-transformers-forward", "peer", "peer-default"],
+        choices=["ours", "ours-compiled", "ours-transformers-forward", "peer", "peer-default"]
+        + [f"{k}-{p}" for k in ("ours-llamacpp", "llama-server") for p in ("f32", "bf16", "q8_0")],
         help="ours-compiled: serve --compile; peer: transformers serve --continuous-batching; peer-default: "
         "transformers serve without it",
     )
@@ -314,19 +353,19 @@ def main(argv=None) -> int:
     else:
         for kind in args.servers:
             port = free_port()
-            proc, model = start_server(kind, args.run, port, args.max_queue)
+            proc, model = start_server(kind, args.run, port, args.max_queue, max(args.clients))
             try:
                 asyncio.run(drive(port, model, prompts, 1, 3, args.max_tokens))  # warm-up (first call compiles/loads)
                 rows = []
                 for c in args.clients:
                     r = drive(port, model, prompts, c, args.seconds, args.max_tokens)
                     rows.append(asyncio.run(r))
-                    print(f"{kind:13} {c:3} clients: {rows[-1]['tokens_per_s']:7.1f} tok/s", flush=True)
+                    print(f"{kind:22} {c:3} clients: {rows[-1]['tokens_per_s']:7.1f} tok/s", flush=True)
                 out[kind] = rows
             finally:
                 stop_server(proc)
         print(
-            f"\n{'server':13} {'clients':>7} {'tok/s':>8} {'x1':>6} {'ttft p50':>9} {'p95':>7} "
+            f"\n{'server':22} {'clients':>7} {'tok/s':>8} {'x1':>6} {'ttft p50':>9} {'p95':>7} "
             f"{'e2e p50':>8} {'p95':>7} {'reqs':>5} statuses"
         )
         for kind in args.servers:
@@ -334,10 +373,22 @@ def main(argv=None) -> int:
             for r in out[kind]:
                 r["vs_one_client"] = r["tokens_per_s"] / one if one else None
                 print(
-                    f"{kind:13} {r['clients']:7} {r['tokens_per_s']:8.1f} {fmt(r['vs_one_client'], '.1f'):>6} "
+                    f"{kind:22} {r['clients']:7} {r['tokens_per_s']:8.1f} {fmt(r['vs_one_client'], '.1f'):>6} "
                     f"{fmt(r['ttft_p50']):>9} {fmt(r['ttft_p95']):>7} {fmt(r['latency_p50']):>8} "
                     f"{fmt(r['latency_p95']):>7} {r['requests']:5} {r['statuses']}"
                 )
+        # every server against ours (the default engine) at each concurrency level
+        if "ours" in out:
+            out["vs_ours"] = {
+                kind: {
+                    str(a["clients"]): b["tokens_per_s"] / a["tokens_per_s"] if a["tokens_per_s"] else None
+                    for a, b in zip(out["ours"], out[kind], strict=True)
+                }
+                for kind in args.servers
+                if kind != "ours"
+            }
+            for kind, ratios in out["vs_ours"].items():
+                print(f"{kind} / ours tokens/s:", {k: fmt(v, ".2f") for k, v in ratios.items()})
         for ours in ("ours", "ours-compiled"):
             if ours in out and "peer" in out:
                 key = "ours_vs_peer" if ours == "ours" else "ours_compiled_vs_peer"
