@@ -328,6 +328,7 @@ def test_no_llama_server_left_after_kill_9_of_the_server(strong_run, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
     cmd = [sys.executable, "-m", "domain_expert", "serve", str(strong_run), "--engine", "llamacpp", "--port", str(port)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    child = None
     try:
         deadline, health = time.time() + 90, None
         while time.time() < deadline and proc.poll() is None:
@@ -348,6 +349,8 @@ def test_no_llama_server_left_after_kill_9_of_the_server(strong_run, tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+        if child is not None and _alive(child):  # the test failed: do not leave the orphan running
+            os.kill(child, signal.SIGKILL)
 
 
 @needs_llama
