@@ -238,7 +238,11 @@ def test_openai_client_models_stream_auth_and_limits(llama):
         bad = openai.OpenAI(base_url="http://testserver/v1", api_key="wrong", http_client=tc, max_retries=0)
         with pytest.raises(openai.AuthenticationError):
             bad.models.list()
-        assert b"domain_expert" in tc.get("/metrics", headers={"Authorization": f"Bearer {KEY}"}).content
+        auth = {"Authorization": f"Bearer {KEY}"}
+        assert b"domain_expert" in tc.get("/metrics", headers=auth).content
+        r = tc.post("/invocations", json={"model": "run:base", "messages": msgs, "max_tokens": 3}, headers=auth)
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1
+        assert tc.get("/").status_code == 200  # the chat page
 
 
 @needs_llama
