@@ -130,6 +130,8 @@ def cmd_serve(args) -> int:
         decoder=args.decoder,
         compile=args.compile,
         name=args.name,
+        llamacpp_precision=args.llamacpp_precision,
+        llama_server=args.llama_server,
     )
     return 0
 
@@ -293,9 +295,23 @@ def _serve_args(sp: argparse.ArgumentParser) -> None:
     )
     sp.add_argument(
         "--engine",
-        choices=["transformers", "vllm"],
+        choices=["transformers", "vllm", "llamacpp"],
         default="transformers",
-        help="transformers (default, CPU or GPU) or vllm (GPU, needs `pip install vllm`)",
+        help="transformers (default, CPU or GPU), vllm (GPU, needs `pip install vllm`) or llamacpp (llama.cpp's "
+        "llama-server as a child process: `make llamacpp`; docs/serving.md)",
+    )
+    sp.add_argument(
+        "--llamacpp-precision",
+        choices=["f32", "bf16", "q8_0"],
+        default="f32",
+        help="--engine llamacpp: the base weights' GGUF type (default f32: the same answers as our model; q8_0 is "
+        "faster and approximate); the adapter is always f32",
+    )
+    sp.add_argument(
+        "--llama-server",
+        metavar="PATH",
+        help="--engine llamacpp: the llama-server binary (default: DOMAIN_EXPERT_LLAMA_SERVER, then "
+        ".cache/llama.cpp/build/bin/llama-server, then PATH)",
     )
 
 

@@ -37,6 +37,8 @@ def serve(
     engine: str = "transformers",
     decoder: str = "auto",
     compile: bool = False,
+    llamacpp_precision: str = "f32",
+    llama_server: str | Path | None = None,
 ) -> None:
     import uvicorn
 
@@ -47,6 +49,12 @@ def serve(
         from domain_expert.serve.vllm_engine import VLLMEngine
 
         eng = VLLMEngine.from_run(run_path, served, max_queue=max_queue, max_batch=max_batch)
+    elif engine == "llamacpp":
+        from domain_expert.serve.llamacpp_engine import LlamaCppEngine
+
+        _refuse_for_llamacpp(decoder, compile)
+        eng = LlamaCppEngine.from_run(run_path, served, precision=llamacpp_precision, llama_server=llama_server,
+                                      max_queue=max_queue, max_batch=max_batch)  # fmt: skip
     else:
         from domain_expert.models.loader import load_for_inference
 
@@ -87,7 +95,8 @@ def _seq2seq_engine(run_path, served: str, engine: str, decoder: str, compile: b
     from domain_expert.models.loader import load_for_inference
     from domain_expert.serve.seq2seq_engine import Seq2SeqEngine
 
-    causal_only = {"--engine vllm": engine == "vllm", "--decoder": decoder != "auto", "--compile": compile}
+    causal_only = {"--engine vllm": engine == "vllm", "--engine llamacpp": engine == "llamacpp",
+                   "--decoder": decoder != "auto", "--compile": compile}  # fmt: skip
     for option, asked in causal_only.items():
         if asked:
             raise ConfigError(
@@ -97,3 +106,16 @@ def _seq2seq_engine(run_path, served: str, engine: str, decoder: str, compile: b
             )
     lm = load_for_inference(run_path, device=device, dtype=dtype)
     return Seq2SeqEngine(lm, served, max_queue=max_queue, max_batch=max_batch)
+
+
+def _refuse_for_llamacpp(decoder: str, compile: bool) -> None:
+    """--decoder and --compile choose our engine's forward pass; llama.cpp has its own."""
+    from domain_expert.errors import ConfigError
+
+    for option, asked in {"--decoder": decoder != "auto", "--compile": compile}.items():
+        if asked:
+            raise ConfigError(
+                f"{option} applies to the transformers engine, not --engine llamacpp",
+                where="domain-expert serve",
+                fix=f"drop {option}, or drop --engine llamacpp",
+            )

@@ -20,7 +20,7 @@ def error_body(message: str, type: str = "invalid_request_error", param=None, co
 
 
 async def _api_error(request: Request, exc: APIError) -> JSONResponse:
-    headers = {"Retry-After": "1"} if exc.status == 429 else None
+    headers = {"Retry-After": "1"} if exc.status in (429, 503) else None
     return JSONResponse(error_body(exc.message, exc.type, exc.param, exc.code), exc.status, headers=headers)
 
 

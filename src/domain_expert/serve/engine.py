@@ -33,6 +33,10 @@ class QueueFullError(EngineError):
     """Too many requests are already waiting (HTTP 429)."""
 
 
+class EngineUnavailableError(EngineError):
+    """The engine cannot serve now (e.g. its llama-server child died and is restarting): HTTP 503, retry later."""
+
+
 class UnknownModelError(EngineError):
     """The request names a model this engine does not serve (HTTP 404)."""
 

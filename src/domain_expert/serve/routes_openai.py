@@ -14,6 +14,7 @@ from domain_expert.serve.api_errors import APIError
 from domain_expert.serve.engine import (
     Engine,
     EngineError,
+    EngineUnavailableError,
     GenerationRequest,
     GenerationResult,
     QueueFullError,
@@ -108,6 +109,8 @@ async def _open_streams(engine: Engine, reqs: list[GenerationRequest], model: st
 def _engine_error(engine: Engine, e: EngineError, model: str) -> APIError:
     if isinstance(e, QueueFullError):
         return APIError(429, str(e), type="rate_limit_error", code="rate_limit_exceeded")
+    if isinstance(e, EngineUnavailableError):
+        return APIError(503, str(e), type="server_error", code="engine_unavailable")
     if isinstance(e, UnknownModelError):
         return unknown_model(engine, model)
     return APIError(400, str(e))

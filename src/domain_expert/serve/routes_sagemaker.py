@@ -4,8 +4,10 @@ with the body of /v1/chat/completions, so the server runs unchanged as a SageMak
 from __future__ import annotations
 
 from fastapi import APIRouter
+from fastapi.responses import JSONResponse
 
 from domain_expert.serve.routes_openai import chat_completion
+from domain_expert.serve.routes_ops import engine_health
 from domain_expert.serve.schemas import ChatCompletionRequest
 from domain_expert.serve.validation import RequestValidator
 
@@ -15,7 +17,8 @@ def sagemaker_router(validator: RequestValidator) -> APIRouter:
 
     @router.get("/ping")
     async def ping():
-        return {"status": "ok"}
+        status, _ = engine_health(validator.engine)  # SageMaker routes no traffic to a 503 container
+        return JSONResponse({"status": "ok" if status == 200 else "unavailable"}, status)
 
     @router.post("/invocations")
     async def invocations(body: ChatCompletionRequest):

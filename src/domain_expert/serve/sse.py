@@ -9,7 +9,7 @@ import json
 from fastapi.responses import StreamingResponse
 
 from domain_expert.serve.api_errors import error_body
-from domain_expert.serve.engine import GenerationResult
+from domain_expert.serve.engine import EngineUnavailableError, GenerationResult
 from domain_expert.serve.responses import usage
 
 
@@ -64,7 +64,8 @@ async def _events(merged, make_event, usage_event, include_usage: bool, n: int, 
             yield usage_event(usage([results[i] for i in sorted(results)], per_prompt))
         yield "data: [DONE]\n\n"
     except Exception as e:  # headers are sent: report in-band, as OpenAI does
-        yield f"data: {json.dumps(error_body(f'generation failed: {e}', type='server_error'))}\n\n"
+        code = "engine_unavailable" if isinstance(e, EngineUnavailableError) else None
+        yield f"data: {json.dumps(error_body(f'generation failed: {e}', type='server_error', code=code))}\n\n"
         yield "data: [DONE]\n\n"
     finally:
         await merged.aclose()
