@@ -50,7 +50,7 @@ clean:
 
 # Optional: llama.cpp's llama-server for `serve --engine llamacpp` (docs/serving.md). Built from the llama.cpp sources
 # inside the llama-cpp-python source distribution (the registry has no CPU wheel), with Debian's cmake and g++:
-# ~8 minutes on 2 cores. Lands in $(LLAMACPP_DIR)/build/bin; the server finds it there, on PATH, or at
+# ~5.5 minutes on 2 cores (AMD EPYC, measured). Lands in $(LLAMACPP_DIR)/build/bin; the server finds it there, on PATH, or at
 # DOMAIN_EXPERT_LLAMA_SERVER.
 LLAMACPP_VERSION ?= 0.3.36
 LLAMACPP_DIR ?= .cache/llama.cpp

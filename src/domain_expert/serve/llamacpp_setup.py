@@ -81,7 +81,7 @@ def find_llama_server(explicit: str | Path | None = None) -> Path:
     raise LlamaCppUnavailableError(
         "--engine llamacpp needs llama.cpp's llama-server, which was not found",
         where=f"{LLAMA_SERVER_ENV}, ./{BUILD_SUBPATH}, PATH",
-        fix="run `make llamacpp` in the project folder (builds llama-server from source: about 8 minutes on 2 cores),"
+        fix="run `make llamacpp` in the project folder (builds llama-server from source: about 5-8 minutes on 2 cores),"
         f" or set {LLAMA_SERVER_ENV}=/path/to/llama-server, or use the default --engine transformers",
     )
 
