@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from domain_expert.errors import ExportError
+from domain_expert.export.targets import write_target_stage
 from domain_expert.fsutil import staged_dir, write_json_atomic
 
 # What Bedrock Custom Model Import accepts, in one place. Checked against the AWS user guide on BEDROCK_CHECKED;
@@ -68,17 +69,14 @@ def build_bedrock(src, out: Path, *, dtype: str = "bf16", overwrite: bool = Fals
                 (tmp / extra).write_bytes((src.folder / extra).read_bytes())
         report = validate_bedrock(tmp)
         write_json_atomic(tmp / "validation.json", report)
-        write_json_atomic(
-            tmp / "stage.json",
-            {
-                "stage": "export-bedrock",
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "source": str(src.folder.resolve()),
-                "dtype": dtype,
-                "kind": kind,
-                "validation": report,
-                "seconds": round(time.time() - t0, 1),
-            },
+        write_target_stage(
+            tmp,
+            "bedrock",
+            src,
+            dtype=dtype,
+            kind=kind,
+            validation=report,
+            seconds=round(time.time() - t0, 1),
         )
     print(summary(report, out))
     return out

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from domain_expert.errors import ExportError, FidelityError
 from domain_expert.export.gguf_writer import GGUF_TYPES, check_convertible, write_gguf
-from domain_expert.fsutil import staged_dir, write_json_atomic, write_text_atomic
+from domain_expert.export.targets import write_target_stage
+from domain_expert.fsutil import staged_dir, write_text_atomic
 
 GGUF_NAME = "model.gguf"
 # max |logit diff| vs the merged folder (both run in fp32), by GGUF type. f32 only reorders rows (exact); f16/bf16
@@ -68,20 +69,17 @@ def build_gguf(src, out: Path, *, gguf_type: str = "q8_0", overwrite: bool = Fal
         check = check_gguf(tmp, src.folder, batch, gguf_type)
         text, ollama = modelfile(GGUF_NAME, tokenizer, fmt.system)
         write_text_atomic(tmp / "Modelfile", text)
-        write_json_atomic(
-            tmp / "stage.json",
-            {
-                "stage": "export-gguf",
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "source": str(src.folder.resolve()),
-                "gguf_type": gguf_type,
-                "gguf_bytes": (tmp / GGUF_NAME).stat().st_size,
-                "converter": str(converter) if converter else "domain_expert.export.gguf_writer (gguf, Llama family)",
-                "conversion_seconds": seconds,
-                "written": written,
-                "check": check,
-                "ollama": ollama,
-            },
+        write_target_stage(
+            tmp,
+            "gguf",
+            src,
+            gguf_type=gguf_type,
+            gguf_bytes=(tmp / GGUF_NAME).stat().st_size,
+            converter=str(converter) if converter else "domain_expert.export.gguf_writer (gguf, Llama family)",
+            conversion_seconds=seconds,
+            written=written,
+            check=check,
+            ollama=ollama,
         )
     mb = (out / GGUF_NAME).stat().st_size / 1e6
     diff, tol, agree = check["max_abs_logit_diff"], check["tolerance"], check["argmax_agreement"]

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from domain_expert.errors import ExportError
+from domain_expert.export.targets import write_target_stage
 from domain_expert.fsutil import read_json, staged_dir, write_json_atomic
 
 TARBALL = "model.tar.gz"
@@ -42,19 +43,16 @@ def build_sagemaker(src, out: Path, *, overwrite: bool = False, **_: object) -> 
                     tar.add(f, arcname=f.name)
             tar.add(tmp / SERVING_JSON, arcname=SERVING_JSON)
         members = check_tarball(tmp / TARBALL)
-        write_json_atomic(
-            tmp / "stage.json",
-            {
-                "stage": "export-sagemaker",
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "source": str(src.folder.resolve()),
-                "serving": serving,
-                "tarball_bytes": (tmp / TARBALL).stat().st_size,
-                "members": members,
-                "checked": "flat layout (extracts to /opt/ml/model), no absolute or parent paths, the server's files",
-                "image": "deploy/sagemaker/Dockerfile (entrypoint `serve`)",
-                "seconds": round(time.time() - t0, 1),
-            },
+        write_target_stage(
+            tmp,
+            "sagemaker",
+            src,
+            serving=serving,
+            tarball_bytes=(tmp / TARBALL).stat().st_size,
+            members=members,
+            checked="flat layout (extracts to /opt/ml/model), no absolute or parent paths, the server's files",
+            image="deploy/sagemaker/Dockerfile (entrypoint `serve`)",
+            seconds=round(time.time() - t0, 1),
         )
     size = (out / TARBALL).stat().st_size / 1e6
     print(f"[domain-expert] sagemaker: {out / TARBALL} ({size:.1f} MB), served as '{serving['name']}' on port {PORT}"

@@ -48,6 +48,22 @@ class Source:
         return _fidelity_prompts(ft_stage, n)
 
 
+def write_target_stage(tmp: Path, target: str, src: Source, **fields) -> None:
+    """A target's stage.json, written last into its staged folder: which target, when, from which merged folder, and
+    what was checked (`fields`)."""
+    import time
+
+    from domain_expert.fsutil import write_json_atomic
+
+    record = {
+        "stage": f"export-{target}",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "source": str(src.folder.resolve()),
+        **fields,
+    }
+    write_json_atomic(tmp / "stage.json", record)
+
+
 def export_target(run_dir: str | Path, target: str = "hf", out: str | Path | None = None, **opts) -> Path:
     """Build `target` from `run_dir` into `out` (default `<run>/export-<target>`; `<run>/export` for hf) and return
     the folder. Options by target: hf: dtype, overwrite; bedrock: dtype (bf16 default), overwrite; sagemaker:
