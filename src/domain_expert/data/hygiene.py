@@ -7,8 +7,8 @@
 4. groups whose answers overlap by word n-grams (data/leakage.py) joined into clusters, which the split keeps on one
    side.
 
-The leakage check (data/leakage.py) needs the split, so `prepare` runs it afterwards. Nothing here logs record text:
-the manifest holds counts and record ids only.
+The leakage check (data/leakage.py) needs the split: `prepare` calls `check_split` after splitting. Nothing here
+logs record text: the manifest holds counts and record ids only.
 """
 
 from __future__ import annotations
@@ -81,6 +81,21 @@ def clean(results: list[SourceResult], cfg: HygieneConfig) -> tuple[list[Record]
             )
     hygiene = {"scrub": scrub_summary, "dedup": dedup_summary, "overlap_clusters": overlap, "by_source": tally}
     return records, cluster, hygiene
+
+
+def check_split(
+    splits: dict[str, list[Record]], cfg: HygieneConfig, cluster: dict[str, str]
+) -> tuple[dict[str, list[Record]], dict[str, Any]]:
+    """The leakage check, which needs the split: (splits, with leaking groups moved or dropped when so configured;
+    the manifest's "leakage" section). Refusing raises DataError naming the items."""
+    summary: dict[str, Any] = {"enabled": cfg.leakage.enabled}
+    if not cfg.leakage.enabled:
+        return splits, summary
+    from domain_expert.data.leakage import check_leakage
+
+    leak = check_leakage(splits, cfg.leakage, cluster)
+    summary.update(leak.summary(cfg.leakage))
+    return leak.splits, summary
 
 
 def _scrub(results: list[SourceResult], cfg: HygieneConfig, tally: dict[str, dict[str, int]]) -> dict[str, Any]:

@@ -120,8 +120,11 @@ def check_leakage(splits: dict[str, list[Record]], cfg: LeakageConfig, cluster: 
     n = cfg.ngram
     # template as join_overlapping saw it (counted over every split), so the two agree on what is content
     every = [r for s in ("train", "val", "test") for r in splits[s]]
-    template = _template(_index(every, n), len({r.group for r in every}))
-    seen = _index(splits["train"], n).keys() - template
+    owners = _index(every, n)
+    template = _template(owners, len({r.group for r in every}))
+    # seen in training: held by a training group (a group lies in one split only), from the same one index
+    train_groups = {r.group for r in splits["train"]}
+    seen = {g for g, o in owners.items() if not o.isdisjoint(train_groups)} - template
 
     res = LeakageResult(splits=splits, template_ngrams=len(template))
     for split in ("val", "test"):

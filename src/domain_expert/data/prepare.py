@@ -131,19 +131,12 @@ def run(cfg: RunConfig, out_dir: str | Path, *, overwrite: bool = False) -> Path
         # two sources can number rows the same way: namespace by source
         for r in records:
             r.id = f"{r.source}:{r.id}"
-    from domain_expert.data.hygiene import clean
+    from domain_expert.data.hygiene import check_split, clean
 
     records, cluster, hygiene = clean(results, cfg.data.hygiene)
     kept = {id(r) for r in records}
     splits, dropped = assign(records, cfg, cluster)
-    leak_cfg = cfg.data.hygiene.leakage
-    hygiene["leakage"] = {"enabled": leak_cfg.enabled}
-    if leak_cfg.enabled:
-        from domain_expert.data.leakage import check_leakage
-
-        leak = check_leakage(splits, leak_cfg, cluster)
-        splits = leak.splits
-        hygiene["leakage"].update(leak.summary(leak_cfg))
+    splits, hygiene["leakage"] = check_split(splits, cfg.data.hygiene, cluster)
     if not splits["train"]:
         raise DataError(
             "the train split is empty", where="data", fix="add data, or lower data.val_fraction / data.test_fraction"
